@@ -1,0 +1,1 @@
+"""Triton kernels (installed as mcgenref_fast.kernels): one file per kernel with its launcher."""

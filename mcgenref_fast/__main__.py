@@ -1,0 +1,6 @@
+"""`python -m mcgenref_fast` runs the CLI."""
+import sys
+
+from mcgenref_fast.cli import main
+
+sys.exit(main())

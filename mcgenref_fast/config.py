@@ -1,0 +1,90 @@
+"""Frozen configuration dataclasses holding the SPEC's defaults (units in the names: mm or px).
+
+Every stage reads its settings from one of these; no scattered literals. `config_hash` gives a stable
+digest recorded in findings.json provenance.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CANONICAL_SPACING_MM: float = 0.07  # SPEC h: INbreast pixel pitch
+
+
+@dataclass(frozen=True)
+class CanonicalConfig:
+    """SPEC §1 canonical form: resample to `spacing_mm`, chest wall left, robust normalisation."""
+
+    spacing_mm: float = CANONICAL_SPACING_MM
+    lo_percentile: float = 0.5
+    hi_percentile: float = 99.8
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """SPEC §4 tiles: size `tile_px`, overlap `overlap_px` (at most tile_px / 2)."""
+
+    tile_px: int = 256
+    overlap_px: int = 32
+
+    def __post_init__(self) -> None:
+        if self.tile_px < 1:
+            raise ValueError(f"tile_px must be >= 1, got {self.tile_px}")
+        if not 0 <= self.overlap_px <= self.tile_px // 2:
+            raise ValueError(f"overlap_px must be in [0, tile_px/2] = [0, {self.tile_px // 2}], got {self.overlap_px}")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """SPEC §4 TT-GPR settings (defaults are the SPEC's)."""
+
+    tiles: TileConfig = field(default_factory=TileConfig)
+    spacing_mm: float = CANONICAL_SPACING_MM
+    outer_iters: int = 3            # K
+    n_samples: int = 2              # projections per tile and iteration
+    t0: float = 0.7                 # projection start time
+    euler_steps: int = 4            # N
+    seed_threshold: float = 0.3     # tau_s (probability)
+    max_seeds_per_tile: int = 64    # n_s
+    seed_sigma_px: float = 1.0      # Gaussian seed dots
+    blend_rho_mm: float = 1.0       # rho = 1 mm / h
+    blend_gamma: float = 2.0        # gamma
+    inner_steps: int = 10           # J
+    eta: float = 0.5                # step size
+    lam_ov: float = 1.0
+    lam_edge: float = 0.1
+    edge_delta: float = 0.5
+    edge_sigma_i: float = 0.05
+    lam_prox: float = 0.05
+    z_clamp: float = 4.0            # z0 = clamp(f(I), -4, 4)
+    threshold: float = 0.5          # operating threshold on p
+
+    @property
+    def blend_rho_px(self) -> float:
+        return self.blend_rho_mm / self.spacing_mm
+
+
+@dataclass(frozen=True)
+class FindingsConfig:
+    """SPEC §6 findings: MCs, large components, clusters."""
+
+    large_diameter_mm: float = 2.0
+    cluster_min_mcs: int = 5
+    cluster_link_mm: float = 5.0
+    regional_extent_mm: float = 20.0
+    cluster_score_top_k: int = 5
+    threshold: float = 0.5
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain dict of a (nested) config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(*cfgs: Any) -> str:
+    """Stable sha256 (first 16 hex digits) of one or more config dataclasses."""
+    blob = json.dumps([{type(c).__name__: config_to_dict(c)} for c in cfgs], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

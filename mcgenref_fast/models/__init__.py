@@ -1,0 +1,1 @@
+"""mcgenref_fast.models"""
