@@ -1,0 +1,117 @@
+"""`mcgenref train segmentor|generator`: fit one network on synthetic pairs (thin layer over
+`mcgenref_fast.train.train`); a run in --out can be resumed over several sessions with --resume."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+from mcgenref_fast.models.config import GeneratorConfig, SegmentorConfig
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="train the segmentor or the generator on synthetic microcalcification pairs",
+        description="Train one network on synthetic pairs (SPEC §2-3). Writes checkpoint.pt, log.jsonl and "
+        "run_config.json in --out; at the end exports the weights (EMA for the generator) and updates the "
+        "manifest in --export-to (default OUT/weights).",
+    )
+    p.add_argument("model", choices=("segmentor", "generator"))
+    p.add_argument("--out", required=True, type=Path, metavar="RUNDIR", help="run directory")
+    p.add_argument("--steps", type=int, default=20_000, help="total optimisation steps (default 20000)")
+    p.add_argument("--batch", type=int, default=32, help="patches per step (default 32)")
+    p.add_argument("--patch", type=int, default=128, help="patch size in px at 0.07 mm (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="data/initialisation seed (validation uses seed + 10**9)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--backgrounds-split", type=Path, metavar="SPLITS_CSV",
+                   help="use the `train` rows of this splits.csv as real backgrounds (default: procedural only)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch / OpenMP")
+    p.add_argument("--workers", type=int, default=-1, help="data-loading processes (default: 0 on CPU, "
+                   "min(8, cores - 1) on CUDA)")
+    p.add_argument("--export-to", type=Path, metavar="DIR", help="weights directory to export into")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=500, help="warmup steps (default 500)")
+    p.add_argument("--t-min", type=float, default=0.5, help="generator: t ~ U[t_min, t_max] (default 0.5)")
+    p.add_argument("--t-max", type=float, default=1.0)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--val-size", type=int, default=256, help="fixed validation patches (default 256)")
+    p.add_argument("--base-width", type=int, help="network width at full resolution (default: the config's)")
+    p.add_argument("--depth", type=int, help="number of 2x downsamplings (default: the config's)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop this session after SECONDS (checkpoint saved; continue with --resume)")
+    p.add_argument("--stop-at", type=int, metavar="STEP", help="stop this session at STEP (checkpoint saved)")
+    p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def _model_cfg(args: argparse.Namespace) -> SegmentorConfig | GeneratorConfig:
+    cfg = SegmentorConfig() if args.model == "segmentor" else GeneratorConfig()
+    changes = {k: v for k, v in (("base_width", args.base_width), ("depth", args.depth)) if v is not None}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from mcgenref_fast.train import (
+        TrainConfig,
+        load_train_backgrounds,
+        resolve_device,
+        synth_dataset_factory,
+        train,
+    )
+
+    device = resolve_device(args.device)
+    workers = args.workers
+    if workers < 0:
+        workers = 0 if device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 1))
+    cfg = TrainConfig(
+        model=args.model, steps=args.steps, batch=args.batch, patch_px=args.patch, seed=args.seed, lr=args.lr,
+        warmup_steps=args.warmup, t_min=args.t_min, t_max=args.t_max, ckpt_every=args.ckpt_every,
+        val_every=args.val_every, val_size=args.val_size, num_workers=workers, amp=not args.no_amp,
+    )
+    backgrounds = None
+    data_info: dict = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural backgrounds"}
+    if args.backgrounds_split is not None:
+        backgrounds = load_train_backgrounds(args.backgrounds_split)
+        data_info = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural + real backgrounds",
+                     "backgrounds_split": str(args.backgrounds_split), "backgrounds": len(backgrounds)}
+    result = train(cfg, args.out, model_cfg=_model_cfg(args), dataset_factory=synth_dataset_factory(backgrounds),
+                   device=device, resume=args.resume, export_to=args.export_to, progress=not args.no_progress,
+                   stop_at_step=args.stop_at, time_limit_s=args.time_limit, extra_training_info=data_info)
+    val = ", ".join(f"{k}={v:.4g}" for k, v in result.val.items())
+    print(f"{args.model}: step {result.step}/{cfg.steps}, train loss {result.train_loss:.4g}, {val}, "
+          f"{result.elapsed_s:.0f} s")
+    if result.exported:
+        where = args.export_to or Path(args.out) / "weights"
+        print(f"exported {where / result.exported['file']} (sha256 {result.exported['sha256'][:16]}...)")
+    else:
+        print(f"paused at step {result.step}: continue with the same command plus --resume")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m mcgenref_fast.commands.train segmentor --out ...`), same as
+    `mcgenref train ...`."""
+    import sys
+
+    from mcgenref_fast.errors import McGenRefError
+    from mcgenref_fast.threads import set_threads
+
+    parser = argparse.ArgumentParser(prog="mcgenref")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    if args.threads:
+        set_threads(args.threads)
+    try:
+        return args.func(args)
+    except McGenRefError as exc:
+        print(f"mcgenref train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
