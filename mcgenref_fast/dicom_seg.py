@@ -53,6 +53,11 @@ def quantise_fractional(prob_hw: np.ndarray, max_value: int = SEG_MAX_FRACTIONAL
     return np.around(np.clip(np.asarray(prob_hw, dtype=np.float64), 0.0, 1.0) * max_value).astype(np.uint8)
 
 
+# Type-2 Patient/Study attributes a SEG copies from its source (empty when the source omits them).
+_TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def _header_for_highdicom(source: Any) -> Any:
     """The source header, minus a PixelSpacing that highdicom would turn into an unreadable SEG.
 
@@ -63,6 +68,11 @@ def _header_for_highdicom(source: Any) -> Any:
     """
     from highdicom.spatial import get_image_coordinate_system
 
+    missing = [kw for kw in _TYPE2_PATIENT_STUDY if kw not in source]
+    if missing:  # real archives omit type-2 attributes that highdicom copies: present but empty is valid
+        source = copy.deepcopy(source)
+        for kw in missing:
+            setattr(source, kw, None)
     if "PixelSpacing" in source and "SliceThickness" not in source and get_image_coordinate_system(source) is None:
         source = copy.deepcopy(source)
         del source.PixelSpacing

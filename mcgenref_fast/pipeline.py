@@ -1,0 +1,194 @@
+"""The full-field flow for one mammogram: read → canonical → tiles → segmentor → TT-GPR → findings → outputs.
+
+`Engine` holds the models and the configuration; `Engine.analyse` works in canonical space and returns
+plain data, `Engine.run_file` reads a file and writes every output of the shared layout
+(`OUT/<key>/mask.png, prob.png, overlay.png, findings.json[, seg.dcm]`) in the input's grid.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+
+from mcgenref_fast.config import CanonicalConfig, FindingsConfig, RefineConfig, config_hash
+from mcgenref_fast.tiling import make_grid
+
+Method = Literal["gpr", "initializer", "tophat"]
+Implementation = Literal["fast", "reference"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that decides an Engine's output (its hash goes into findings.json provenance).
+
+    method: 'gpr' (segmentor + TT-GPR), 'initializer' (segmentor only, `--no-refine`), 'tophat' (the
+    classical baseline). implementation: the fast refine or the pure-PyTorch reference.
+    """
+
+    canonical: CanonicalConfig = field(default_factory=CanonicalConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    findings: FindingsConfig = field(default_factory=FindingsConfig)
+    method: Method = "gpr"
+    implementation: Implementation = "fast"
+    seed: int = 0
+    overlay_max_side_px: int = 2048
+    write_seg: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """Canonical-space result of one image: probability map, mask, findings, timings (s), diagnostics."""
+
+    canonical: Any
+    prob: np.ndarray
+    mask: np.ndarray
+    findings: Any
+    timings_s: dict[str, float]
+    n_tiles: int
+    diagnostics: list[Any]
+
+
+@dataclass(frozen=True, eq=False)
+class ImageResult:
+    """What `run_file` wrote for one input."""
+
+    input_path: str
+    key: str
+    out_dir: Path
+    analysis: Analysis
+    meta: Any
+
+    @property
+    def findings(self) -> Any:
+        return self.analysis.findings
+
+
+def refine_function(implementation: Implementation) -> Callable[..., Any]:
+    """The TT-GPR implementation: the fast path (default) or the reference (`--reference`)."""
+    if implementation == "reference":
+        from mcgenref_fast.reference import refine
+        return refine
+    try:
+        from mcgenref_fast.refine import refine  # type: ignore[attr-defined]
+    except ImportError:
+        warnings.warn("fast refine not available; using the reference implementation", RuntimeWarning, stacklevel=2)
+        from mcgenref_fast.reference import refine
+    return refine
+
+
+class Engine:
+    """Models + configuration; runs the flow for one image at a time."""
+
+    def __init__(self, cfg: EngineConfig = EngineConfig(), segmentor: torch.nn.Module | None = None,
+                 generator: torch.nn.Module | None = None, device: str | torch.device = "cpu",
+                 weights_sha256: dict[str, str] | None = None, progress: bool = False) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.progress = progress
+        self.weights_sha256 = weights_sha256
+        if cfg.method != "tophat" and (segmentor is None or generator is None):
+            from mcgenref_fast.models import load_default_models, read_manifest
+            from mcgenref_fast.models.weights import default_weights_dir
+
+            segmentor, generator = load_default_models(self.device)
+            manifest = read_manifest(default_weights_dir())
+            self.weights_sha256 = {name: entry["sha256"] for name, entry in manifest["models"].items()}
+        self.segmentor = None if segmentor is None else segmentor.to(self.device).eval()
+        self.generator = None if generator is None else generator.to(self.device).eval()
+        self._refine = refine_function(cfg.implementation)
+        self.config_hash = config_hash(cfg)
+
+    # ------------------------------------------------------------------------------------ canonical
+    def analyse(self, canonical: Any) -> Analysis:
+        """Segment a `CanonicalImage`: probability map, mask (p ≥ threshold, in the breast) and findings."""
+        from mcgenref_fast.findings import extract_findings
+
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        diagnostics: list[Any] = []
+        n_tiles = 0
+        if self.cfg.method == "tophat":
+            from mcgenref_fast.baseline import tophat_detect
+
+            prob = tophat_detect(canonical.image, canonical.breast_mask, canonical.spacing_mm).prob
+            threshold = 0.5  # the baseline's pseudo-probability is >= 0.5 exactly on its detections
+        else:
+            rcfg = self.cfg.refine
+            if self.cfg.method == "initializer":
+                rcfg = replace(rcfg, outer_iters=0)
+            image = torch.from_numpy(np.ascontiguousarray(canonical.image, np.float32)).to(self.device)
+            breast = torch.from_numpy(np.ascontiguousarray(canonical.breast_mask, bool)).to(self.device)
+            result = self._refine(image, breast, self.segmentor, self.generator, rcfg, seed=self.cfg.seed,
+                                  progress=self.progress)
+            prob = result.probability().float().cpu().numpy()
+            diagnostics = list(result.diagnostics)
+            n_tiles = make_grid(canonical.image.shape, canonical.breast_mask, rcfg.tiles).n_tiles
+            threshold = rcfg.threshold
+        timings["segment_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        mask = (prob >= threshold) & canonical.breast_mask
+        findings = extract_findings(prob, mask, canonical.spacing_mm, image=canonical.image,
+                                    to_input=canonical.points_to_input,
+                                    cfg=replace(self.cfg.findings, threshold=threshold))
+        timings["findings_s"] = time.perf_counter() - t
+        return Analysis(canonical, prob, mask, findings, timings, n_tiles, diagnostics)
+
+    # ------------------------------------------------------------------------------------ files
+    def run_file(self, path: str | Path, layout: Any, spacing_mm: float | None = None,
+                 allow_for_processing: bool = False) -> ImageResult:
+        """Read one file, analyse it and write its outputs under `layout` (an `OutputLayout`)."""
+        from mcgenref_fast.canonical import to_canonical
+        from mcgenref_fast.io import read_mammogram
+
+        t = time.perf_counter()
+        mammogram = read_mammogram(path, spacing_mm=spacing_mm, allow_for_processing=allow_for_processing)
+        t_read = time.perf_counter() - t
+        t = time.perf_counter()
+        canonical = to_canonical(mammogram, self.cfg.canonical)
+        t_canon = time.perf_counter() - t
+        analysis = self.analyse(canonical)
+        analysis.timings_s.update(read_s=t_read, canonical_s=t_canon)
+        t = time.perf_counter()
+        key = layout.key_for(path, mammogram.meta.sop_instance_uid)
+        out_dir = self.write_outputs(path, key, layout, mammogram, analysis)
+        analysis.timings_s["write_s"] = time.perf_counter() - t
+        layout.record(path, key)
+        return ImageResult(str(path), key, out_dir, analysis, mammogram.meta)
+
+    def write_outputs(self, path: str | Path, key: str, layout: Any, mammogram: Any, analysis: Analysis) -> Path:
+        """mask.png, prob.png, overlay.png, findings.json (+ seg.dcm for DICOM) in the input's grid."""
+        from mcgenref_fast.findings_json import image_block, make_provenance, write_findings_json
+        from mcgenref_fast.overlay import write_overlay
+        from mcgenref_fast.png_outputs import write_mask_png, write_prob_png
+
+        meta = mammogram.meta
+        canonical = analysis.canonical
+        paths = layout.paths_for(key)
+        paths.directory.mkdir(parents=True, exist_ok=True)
+        mask_in = canonical.mask_to_input(analysis.mask)
+        prob_in = canonical.prob_to_input(analysis.prob)
+        write_mask_png(paths.mask_png, mask_in, expected_shape=meta.shape)
+        write_prob_png(paths.prob_png, prob_in, expected_shape=meta.shape)
+        findings_dict = analysis.findings.to_dict()
+        voi = None
+        if meta.voi_center is not None and meta.voi_width is not None:
+            voi = (meta.voi_center, meta.voi_width, meta.voi_function)
+        write_overlay(paths.overlay_png, mammogram.image, mask_in, meta.spacing_mm, clusters=findings_dict["clusters"],
+                      voi=voi, max_side_px=self.cfg.overlay_max_side_px,
+                      breast_mask_input_grid=canonical.mask_to_input(canonical.breast_mask))
+        provenance = make_provenance(
+            path, meta.spacing_mm, meta.spacing_source, meta.flips, self.weights_sha256, self.config_hash,
+            method=self.cfg.method, implementation=self.cfg.implementation, seed=self.cfg.seed,
+            canonical_flipped_lr=bool(canonical.flipped_lr), timings_s=dict(analysis.timings_s),
+        )
+        write_findings_json(paths.findings_json, findings_dict, provenance, image_block(meta.shape, meta.spacing_mm, meta))
+        if meta.file_format == "dicom" and self.cfg.write_seg:
+            from mcgenref_fast.dicom_seg import write_seg
+
+            write_seg(paths.seg_dcm, path, prob_in, spacing_mm=meta.spacing_mm, spacing_source=meta.spacing_source)
+        return paths.directory

@@ -1,0 +1,117 @@
+"""The full-field Engine and `mcgenref segment`: every output, in the input's grid, with provenance."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mcgenref_fast.cli import main
+from mcgenref_fast.config import RefineConfig, TileConfig
+from mcgenref_fast.output_layout import OutputLayout
+from mcgenref_fast.pipeline import Engine, EngineConfig
+from tests.dicom_factory import breast_phantom, make_dicom
+from tests.tiny_models import make_tiny_generator, make_tiny_segmentor
+
+SMALL_REFINE = RefineConfig(tiles=TileConfig(64, 16), outer_iters=1, inner_steps=3, n_samples=1)
+
+
+def phantom_with_mcs(shape=(240, 180), chest_wall="left") -> np.ndarray:
+    """A dense-bright phantom with a few bright 2-px specks inside the breast (a cluster)."""
+    img = breast_phantom(shape, chest_wall=chest_wall, label=False).astype(np.float64)
+    h, w = shape
+    col0 = w // 5 if chest_wall == "left" else w - w // 5 - 12
+    for i, (dr, dc) in enumerate([(0, 0), (6, 4), (-5, 7), (3, 11), (-2, -6), (9, -3)]):
+        r, c = h // 2 + dr, col0 + 6 + dc
+        img[r:r + 2, c:c + 2] += 2500
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def tiny_engine(method: str = "gpr", **kw) -> Engine:
+    cfg = replace(EngineConfig(), method=method, refine=SMALL_REFINE, **kw)
+    return Engine(cfg, make_tiny_segmentor(), make_tiny_generator(), weights_sha256={"segmentor": "tiny"})
+
+
+@pytest.mark.parametrize("method", ["gpr", "initializer", "tophat"])
+def test_engine_writes_every_output_for_png(tmp_path: Path, method: str) -> None:
+    img = phantom_with_mcs(chest_wall="right")
+    src = tmp_path / "case.png"
+    Image.fromarray(img).save(src)
+    engine = tiny_engine(method)
+    layout = OutputLayout(tmp_path / "out")
+    result = engine.run_file(src, layout, spacing_mm=0.1)
+    d = result.out_dir
+    assert d == tmp_path / "out" / "case"
+    for name in ("mask.png", "prob.png", "overlay.png", "findings.json"):
+        assert (d / name).is_file(), name
+    assert not (d / "seg.dcm").exists()  # no SEG for non-DICOM input
+    mask = np.asarray(Image.open(d / "mask.png"))
+    prob = np.asarray(Image.open(d / "prob.png"))
+    assert mask.shape == img.shape and prob.shape == img.shape  # the input's grid
+    # no MC outside the breast (breast mask mapped back to the input grid)
+    breast_in = result.analysis.canonical.mask_to_input(result.analysis.canonical.breast_mask)
+    assert not (mask.astype(bool) & ~breast_in).any()
+    doc = json.loads((d / "findings.json").read_text())
+    prov = doc["provenance"]
+    assert prov["input_path"] == str(src.resolve())
+    assert prov["spacing_source"] == "user" and prov["spacing_mm"] == 0.1
+    assert prov["config_hash"] == engine.config_hash and prov["method"] == method
+    assert prov["flips"] == ["lr"]  # chest wall on the right: flipped to canonical
+    assert layout.index()[str(src.resolve())] == "case"
+    if method != "initializer":  # the bright specks are found (in the input's grid, unflipped)
+        assert mask[100:140, 130:175].any()
+
+
+def test_gpr_finds_at_least_what_initializer_finds(tmp_path: Path) -> None:
+    from mcgenref_fast.canonical import to_canonical
+    from mcgenref_fast.io import read_mammogram
+
+    src = tmp_path / "case.png"
+    Image.fromarray(phantom_with_mcs()).save(src)
+    canonical = to_canonical(read_mammogram(src, spacing_mm=0.1))
+    init = tiny_engine("initializer").analyse(canonical)
+    gpr = tiny_engine("gpr").analyse(canonical)
+    assert init.prob.shape == canonical.image.shape == gpr.prob.shape
+    assert (gpr.prob[canonical.breast_mask] >= 0).all() and (gpr.prob[~init.canonical.breast_mask] >= 0).all()
+    assert gpr.n_tiles == init.n_tiles > 0
+    assert len(gpr.diagnostics) == SMALL_REFINE.outer_iters and not init.diagnostics
+
+
+def test_dicom_input_writes_seg_keyed_by_sop_uid(tmp_path: Path) -> None:
+    import pydicom
+
+    src = make_dicom(tmp_path / "mg.dcm", phantom_with_mcs(), pixel_spacing=(0.1, 0.1), image_laterality="L")
+    uid = pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID
+    result = tiny_engine("gpr").run_file(src, OutputLayout(tmp_path / "out"))
+    assert result.key == uid
+    seg = pydicom.dcmread(result.out_dir / "seg.dcm")
+    assert seg.Modality == "SEG" and (seg.Rows, seg.Columns) == (240, 180)
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == uid
+    doc = json.loads((result.out_dir / "findings.json").read_text())
+    assert doc["provenance"]["spacing_source"] == "PixelSpacing"
+    assert "PatientName" not in json.dumps(doc) and "Doe" not in json.dumps(doc)
+
+
+def test_segment_cli_goes_on_past_a_bad_file_and_exits_2(tmp_path: Path, capsys, monkeypatch) -> None:
+    good = tmp_path / "good.png"
+    Image.fromarray(phantom_with_mcs()).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    rc = main(["segment", str(bad), str(good), "--out", str(tmp_path / "out"), "--spacing", "0.1",
+               "--method", "tophat"])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "bad.png" in captured.err and "Traceback" not in captured.err
+    assert (tmp_path / "out" / "good" / "findings.json").is_file()
+    assert "good.png" in captured.out
+
+
+def test_segment_cli_without_spacing_names_the_problem(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "nospacing.png"
+    Image.fromarray(phantom_with_mcs()).save(src)
+    rc = main(["segment", str(src), "--out", str(tmp_path / "out"), "--method", "tophat"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nospacing.png" in err and "spacing" in err.lower()
