@@ -11,7 +11,7 @@ DEMO_OUT ?= out/demo
 $(STAMP): pyproject.toml setup.py constraints.txt csrc/tiler.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel pybind11 -c constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,triton]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,triton,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -14,7 +14,7 @@ from mcgenref_fast import __version__
 from mcgenref_fast.errors import McGenRefError
 
 # Order is the order shown in --help.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "segment", "info", "synth", "train", "eval")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "segment", "screen", "eval", "info", "synth", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
