@@ -1,0 +1,54 @@
+"""Sweep TT-GPR settings on an evaluation set (e.g. the semi-real dev set) and write one results table each.
+
+Example: python scripts/sweep_refine.py runs/devsets/semireal_shifted --kind semireal --out runs/eval/sweep \
+             --set t0=0.85 --set t0=0.95
+Each `--set` is one run: comma-separated `RefineConfig` fields (numbers), e.g. `t0=0.9,outer_iters=2`.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields, replace
+from pathlib import Path
+
+from mcgenref_fast.config import RefineConfig
+from mcgenref_fast.evaluation.datasets import load_dataset
+from mcgenref_fast.evaluation.report import build_results, write_results
+from mcgenref_fast.evaluation.runner import EvalSettings, run_eval
+from mcgenref_fast.pipeline import Engine, EngineConfig
+from mcgenref_fast.threads import set_threads
+
+
+def parse_setting(text: str) -> dict[str, float]:
+    types = {f.name: f.type for f in fields(RefineConfig)}
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        key, value = part.split("=")
+        if key not in types:
+            raise SystemExit(f"unknown RefineConfig field {key!r}")
+        out[key] = int(value) if types[key] in ("int", int) else float(value)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path", type=Path)
+    ap.add_argument("--kind", default="semireal")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--set", action="append", required=True, dest="settings")
+    ap.add_argument("--spacing", type=float, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    items = load_dataset(args.kind, args.path, spacing_mm=args.spacing)
+    for text in args.settings:
+        rcfg = replace(RefineConfig(), **parse_setting(text))
+        engine = Engine(replace(EngineConfig(), refine=rcfg))
+        name = "gpr_" + text.replace("=", "").replace(",", "_")
+        out = args.out / name
+        run = run_eval(items, {name: engine}, out, EvalSettings())
+        write_results(out, build_results(run, {"kind": args.kind, "path": str(args.path)}))
+        print(f"wrote {out}/results.md")
+
+
+if __name__ == "__main__":
+    main()
