@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One call on a CUDA machine (torch + triton present, no package registry, maybe no pydicom/pybind11):
+# install, run the kernel and equivalence tests on CUDA, run the benchmarks, print a short table.
+# Usage (device tool): bash bench/gpu_check.sh   — outputs land in $OUT (or bench/gpu_out) as well.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${OUT:-bench/gpu_out}
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 MCGENREF_KERNELS=auto
+[ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
+python3 - <<'PY' | tee "$OUT_DIR/device.txt"
+import torch, triton
+print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| triton", triton.__version__)
+PY
+echo "== CUDA tests"
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT_DIR/tests.txt" | tail -15
+echo "== benchmarks (kernels, refine)"
+python3 -m pytest -q -p no:cacheprovider bench/test_bench_kernels.py bench/test_bench_refine.py \
+  --benchmark-enable --benchmark-columns=median,iqr,rounds --benchmark-sort=name \
+  --benchmark-json="$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.txt" | grep -E "^(test_|Name|-)|passed|failed|skipped|error" | head -60
+echo "== summary (medians, ms)"
+python3 - "$OUT_DIR/bench.json" <<'PY'
+import json, sys
+try:
+    data = json.load(open(sys.argv[1]))
+except Exception as exc:  # no benchmarks ran
+    print("no benchmark JSON:", exc); sys.exit(0)
+print(f"{'benchmark':60s} {'median ms':>10s}")
+for b in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
+    print(f"{(b['group'] or '') + ' / ' + b['name']:60.60s} {1e3 * b['stats']['median']:10.3f}")
+PY
