@@ -31,7 +31,7 @@ class TopHatConfig:
     """White top-hat baseline settings (mm are converted with the image's spacing)."""
 
     radius_mm: float = 0.5          # disk radius: keeps bright details narrower than ~2·radius
-    k: float = 5.0                  # threshold = mean + k·sd of the response inside the breast
+    k: float = 6.0                  # threshold = mean + k·sd of the response inside the breast (dev-tuned)
     presmooth_sigma_mm: float = 0.0  # Gaussian pre-smoothing against pixel noise (0 = none)
     scale_sd: float = 1.0           # sigmoid scale of the pseudo-probability, in response sd
     min_area_px: int = 1            # components smaller than this are dropped

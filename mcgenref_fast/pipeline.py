@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
+from mcgenref_fast.baseline import TopHatConfig
 from mcgenref_fast.config import CanonicalConfig, FindingsConfig, RefineConfig, config_hash
 from mcgenref_fast.tiling import make_grid
 
@@ -33,6 +34,7 @@ class EngineConfig:
     canonical: CanonicalConfig = field(default_factory=CanonicalConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
+    tophat: TopHatConfig = field(default_factory=TopHatConfig)
     method: Method = "gpr"
     implementation: Implementation = "fast"
     seed: int = 0
@@ -115,7 +117,7 @@ class Engine:
         if self.cfg.method == "tophat":
             from mcgenref_fast.baseline import tophat_detect
 
-            prob = tophat_detect(canonical.image, canonical.breast_mask, canonical.spacing_mm).prob
+            prob = tophat_detect(canonical.image, canonical.breast_mask, canonical.spacing_mm, self.cfg.tophat).prob
             threshold = 0.5  # the baseline's pseudo-probability is >= 0.5 exactly on its detections
         else:
             rcfg = self.cfg.refine

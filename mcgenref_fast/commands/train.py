@@ -26,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--backgrounds-split", type=Path, metavar="SPLITS_CSV",
                    help="use the `train` rows of this splits.csv as real backgrounds (default: procedural only)")
+    p.add_argument("--real-min-breast-fraction", type=float, metavar="F",
+                   help="share of a real background patch that must lie inside the breast mask (default: "
+                   "SynthConfig's 1.0); below 1, patches straddling the skin line are drawn too")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--threads", type=int, help="CPU threads for torch / OpenMP")
     p.add_argument("--workers", type=int, default=-1, help="data-loading processes (default: 0 on CPU, "
@@ -79,7 +82,14 @@ def run(args: argparse.Namespace) -> int:
         backgrounds = load_train_backgrounds(args.backgrounds_split)
         data_info = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural + real backgrounds",
                      "backgrounds_split": str(args.backgrounds_split), "backgrounds": len(backgrounds)}
-    result = train(cfg, args.out, model_cfg=_model_cfg(args), dataset_factory=synth_dataset_factory(backgrounds),
+    synth_cfg = None
+    if args.real_min_breast_fraction is not None:
+        from mcgenref_fast.synth import SynthConfig
+
+        synth_cfg = dataclasses.replace(SynthConfig(), real_min_breast_fraction=args.real_min_breast_fraction)
+        data_info["real_min_breast_fraction"] = args.real_min_breast_fraction
+    result = train(cfg, args.out, model_cfg=_model_cfg(args),
+                   dataset_factory=synth_dataset_factory(backgrounds, synth_cfg),
                    device=device, resume=args.resume, export_to=args.export_to, progress=not args.no_progress,
                    stop_at_step=args.stop_at, time_limit_s=args.time_limit, extra_training_info=data_info)
     val = ", ".join(f"{k}={v:.4g}" for k, v in result.val.items())
