@@ -162,7 +162,7 @@ def test_cli_train_command(tmp_path, monkeypatch, capsys) -> None:
     import mcgenref_fast.train as train_mod
     from mcgenref_fast.commands import train as train_cmd
 
-    monkeypatch.setattr(train_mod, "synth_dataset_factory", lambda backgrounds=None: factory)
+    monkeypatch.setattr(train_mod, "synth_dataset_factory", lambda backgrounds=None, synth_cfg=None: factory)
     parser = argparse.ArgumentParser()
     train_cmd.add_parser(parser.add_subparsers(dest="command"))
     argv = ["train", "generator", "--out", str(tmp_path / "run"), "--steps", "2", "--batch", "2", "--patch", "16",
