@@ -7,7 +7,6 @@ plain data, `Engine.run_file` reads a file and writes every output of the shared
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -74,12 +73,8 @@ def refine_function(implementation: Implementation) -> Callable[..., Any]:
     """The TT-GPR implementation: the fast path (default) or the reference (`--reference`)."""
     if implementation == "reference":
         from mcgenref_fast.reference import refine
-        return refine
-    try:
-        from mcgenref_fast.refine import refine  # type: ignore[attr-defined]
-    except ImportError:
-        warnings.warn("fast refine not available; using the reference implementation", RuntimeWarning, stacklevel=2)
-        from mcgenref_fast.reference import refine
+    else:
+        from mcgenref_fast.refine import refine
     return refine
 
 
