@@ -31,3 +31,5 @@ print(f"{'benchmark':60s} {'median ms':>10s}")
 for b in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
     print(f"{(b['group'] or '') + ' / ' + b['name']:60.60s} {1e3 * b['stats']['median']:10.3f}")
 PY
+echo "== rendered"
+python3 bench/render_bench.py "$OUT_DIR/bench.json" --out "$OUT_DIR/bench_report" 2>&1 | tail -1
