@@ -22,26 +22,15 @@ from mcgenref_fast.refine_types import (RefineResult, TileTensors, blend_weight_
                                         make_noise_canvas, seed_dots)
 from mcgenref_fast.seeds import extract_seeds
 from mcgenref_fast.seeds_fast import extract_seeds_fast
+from refine_inputs import flat_image_with_spots, left_breast_mask
 from tiny_models import make_tiny_generator, make_tiny_segmentor
 
 CFG = RefineConfig(tiles=TileConfig(32, 8))
 TOL = 1e-4
 
 
-def _image(h: int, w: int, seed: int = 0, spots: bool = True) -> torch.Tensor:
-    """Flat noisy tissue (0.3 ± 0.02) with a few bright 2×2 spots (MC-like)."""
-    g = torch.Generator().manual_seed(seed)
-    img = 0.3 + 0.02 * torch.randn((h, w), generator=g)
-    if spots:
-        for r, c, a in ((h // 4, w // 4, 0.4), (3 * h // 4, 2 * w // 3, 0.3), (h // 2, w // 2, 0.5)):
-            img[r:r + 2, c:c + 2] += a
-    return img.clamp_min(0.0)
-
-
-def _breast(h: int, w: int) -> torch.Tensor:
-    mask = torch.zeros((h, w), dtype=torch.bool)
-    mask[:, : (4 * w) // 5] = True
-    return mask
+_image = flat_image_with_spots
+_breast = left_breast_mask
 
 
 @pytest.fixture(scope="module")

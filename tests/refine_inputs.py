@@ -1,0 +1,21 @@
+"""Small canonical inputs shared by the reference and fast refine tests."""
+from __future__ import annotations
+
+import torch
+
+
+def flat_image_with_spots(h: int, w: int, seed: int = 0, spots: bool = True) -> torch.Tensor:
+    """Flat noisy tissue (0.3 ± 0.02) with a few bright 2×2 spots (MC-like, +0.3 to +0.5)."""
+    g = torch.Generator().manual_seed(seed)
+    img = 0.3 + 0.02 * torch.randn((h, w), generator=g)
+    if spots:
+        for r, c, a in ((h // 4, w // 4, 0.4), (3 * h // 4, 2 * w // 3, 0.3), (h // 2, w // 2, 0.5)):
+            img[r:r + 2, c:c + 2] += a
+    return img.clamp_min(0.0)
+
+
+def left_breast_mask(h: int, w: int) -> torch.Tensor:
+    """Breast over the left 4/5 of the image (chest wall left)."""
+    mask = torch.zeros((h, w), dtype=torch.bool)
+    mask[:, : (4 * w) // 5] = True
+    return mask
