@@ -68,6 +68,7 @@ class OutputLayout:
         self.index_path = self.out_dir / INDEX_NAME
         self._index: dict[str, str] = self._read_index()
         self._reserved: dict[str, str] = {}     # input path → key handed out but not yet recorded
+        self._taken_keys: set[str] = self._keys_in_use()  # casefolded keys of _index and _reserved
 
     # ---------------------------------------------------------------- index.csv
     def _read_index(self) -> dict[str, str]:
@@ -109,10 +110,9 @@ class OutputLayout:
         return dict(self._index)
 
     # ---------------------------------------------------------------- keys
-    def _taken(self, exclude_path: str) -> set[str]:
-        keys = {k for p, k in self._index.items() if p != exclude_path}
-        keys |= {k for p, k in self._reserved.items() if p != exclude_path}
-        return {k.casefold() for k in keys}
+    def _keys_in_use(self) -> set[str]:
+        """Casefolded keys recorded or handed out (kept up to date, so a new key costs O(1), not O(n))."""
+        return {k.casefold() for k in self._index.values()} | {k.casefold() for k in self._reserved.values()}
 
     def key_for(self, input_path: str | Path, sop_instance_uid: str | None = None) -> str:
         """The input's key: its recorded key if any; else the SOPInstanceUID (DICOM); else a free stem."""
@@ -126,13 +126,13 @@ class OutputLayout:
             if not _is_dicom_key(key):
                 raise OutputError(f"{input_path}: SOPInstanceUID {key!r} is not a DICOM UID")
         else:
-            taken = self._taken(path)
             stem = safe_key(Path(path).stem)
             key, n = stem, 1
-            while key.casefold() in taken or _is_dicom_key(key):
+            while key.casefold() in self._taken_keys or _is_dicom_key(key):
                 n += 1
                 key = f"{stem}-{n}"
         self._reserved[path] = key
+        self._taken_keys.add(key.casefold())
         return key
 
     def dir_for(self, key: str) -> Path:
@@ -184,6 +184,7 @@ class OutputLayout:
             self._index = index
             for path, _ in pairs:
                 self._reserved.pop(path, None)
+            self._taken_keys = self._keys_in_use()  # rows other processes added count too
 
     def __repr__(self) -> str:
         return f"OutputLayout({os.fspath(self.out_dir)!r}, {len(self._index)} recorded)"
