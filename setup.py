@@ -15,11 +15,12 @@ except ImportError:  # e.g. a GPU box without pybind11: the numpy twin takes ove
     sys.stderr.write("mcgenref_fast: pybind11 not found, building without the C++ tiler\n")
     ext_modules, cmdclass = [], {}
 else:
-    extra = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
+    extra = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
+             "-fno-trapping-math"]
     ext_modules = [
         Pybind11Extension(
             "mcgenref_fast._tiler",
-            ["csrc/tiler.cpp"],
+            ["csrc/tiler.cpp", "csrc/update.cpp"],
             cxx_std=17,
             extra_compile_args=extra,
             extra_link_args=["-fopenmp"],

@@ -4,6 +4,9 @@
 // the twin uses float64, no FMA contraction (-ffp-contract=off). Parallel with OpenMP over tiles (gather,
 // weights) or canvas rows (normalisation, fusion); every output element is written by one thread in a fixed
 // order, so results do not depend on the thread count.
+//
+// The same extension also holds the fast path's CPU kernels (csrc/update.cpp: the inner GPR update and
+// the seed maps), registered by `register_update`.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -220,6 +223,8 @@ int get_num_threads() {
 #endif
 }
 
+void register_update(py::module_& m);  // csrc/update.cpp: gpr_update, seed_dist2
+
 PYBIND11_MODULE(_tiler, m) {
     m.doc() = "C++ tiler: grid, active tiles, raised-cosine partition-of-unity weights, gather and fusion";
     m.def("axis_origins", &axis_origins, py::arg("length"), py::arg("tile"), py::arg("overlap"));
@@ -230,4 +235,5 @@ PYBIND11_MODULE(_tiler, m) {
           py::arg("width"));
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &get_num_threads);
+    register_update(m);
 }

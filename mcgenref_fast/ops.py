@@ -7,7 +7,8 @@
                                                               -> z_new [, E]    (kernel c)
 
 `index` is an `ops_torch.TileIndex` (`TileIndex.from_grid(grid, device)`), re-exported here with
-`gather_tiles` and `blend_map` (torch only: no kernel of their own).
+`gather_tiles`, `blend_map`, `seed_distance2` and `seed_blend_maps` (no Triton kernel of their own; on the CPU the C++
+extension does the gather and the seed distances).
 
 Choice of implementation: environment variable `MCGENREF_KERNELS` = `auto` (default: Triton when the
 tensors are on CUDA and Triton imports, the torch twin otherwise) | `triton` (always Triton; on CPU tensors
@@ -26,10 +27,11 @@ import torch
 
 from mcgenref_fast import ops_torch
 from mcgenref_fast.config import RefineConfig
-from mcgenref_fast.ops_torch import TileIndex, blend_map, gather_tiles, gpr_params
+from mcgenref_fast.ops_torch import TileIndex, blend_map, gather_tiles, gpr_params, seed_blend_maps, seed_distance2
 
 __all__ = ["KernelBackendError", "TileIndex", "backend_for", "blend_map", "euler_step", "fuse_tiles",
-           "gather_tiles", "gpr_update", "triton_available"]
+           "gather_tiles", "gpr_update", "seed_blend_maps", "seed_distance2",
+           "triton_available"]
 
 ENV_VAR = "MCGENREF_KERNELS"
 _CHOICES = ("auto", "triton", "torch")

@@ -11,12 +11,15 @@ Three operations, the same signatures as the launchers in `mcgenref_fast.kernels
   tiler's order (bit-identical to `tiling.fuse` on the CPU).
 - `gpr_update`  one inner step of TT-GPR (SPEC §4.4): the analytic gradient `g` and `z - η·g`, optionally
   the energy `E` at `z` per tile. Padding pixels follow `mcgenref_fast.energy` (left out of E: g = 0).
+  On the CPU it runs the C++ extension's fused one-pass update (`_tiler.gpr_update`), `gpr_update_torch`
+  (the torch twin) elsewhere.
 
 Tile batches are float32 `(n, T, T)`, C-contiguous; samples may be folded into a leading batch dimension
 `(S, n, T, T)` where noted. `TileIndex` is the device-side description of a `tiling.TileGrid`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass
@@ -35,7 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "TileIndex", "blend_map", "edge_weights", "euler_step", "euler_tiles", "fuse_tiles", "gather_tiles",
-    "gpr_update", "gpr_params", "check_euler_args", "check_fuse_args", "check_gpr_args",
+    "gpr_update", "gpr_update_torch", "gpr_params", "seed_blend_maps", "seed_distance2", "check_euler_args",
+    "check_fuse_args", "check_gpr_args",
 ]
 
 
@@ -283,6 +287,96 @@ def blend_map(seeds: torch.Tensor, seed_counts: torch.Tensor, tile_px: int, rho_
     return w
 
 
+def seed_distance2(local: torch.Tensor, counts: torch.Tensor, tile_px: int) -> torch.Tensor:
+    """d² (c, T, T) float32: squared distance from each pixel to the nearest of the first `counts[q]` seeds of
+    tile q (`local` (c, m, 2) tile-local (row, col) px, integers), +inf for a tile without seeds.
+
+    Integer coordinates make every d² exact in float32, so the C++ extension's `seed_dist2` (on the CPU,
+    OpenMP over tiles) and the torch loop below give identical results. The torch loop visits the tiles in
+    decreasing seed count, so seed slot s only touches the tiles that have more than s seeds.
+    """
+    c = int(local.shape[0])
+    device = local.device
+    if c and device.type == "cpu" and not local.is_floating_point():
+        cpp = _cpp_tiler()
+        if cpp is not None and hasattr(cpp, "seed_dist2"):
+            counts_np = counts.to("cpu", torch.int64).contiguous().numpy()
+            local_np = local.to(torch.int64).contiguous().numpy()
+            return torch.from_numpy(np.asarray(cpp.seed_dist2(local_np, counts_np, int(tile_px))))
+    d2 = torch.full((c, tile_px, tile_px), float("inf"), dtype=torch.float32, device=device)
+    counts_cpu = counts.cpu()
+    if c and int(counts_cpu.max()) > 0:
+        counts_sorted, perm = torch.sort(counts_cpu, descending=True, stable=True)
+        n_with = [int((counts_sorted > s).sum()) for s in range(int(counts_sorted[0]))]
+        perm_dev = perm.to(device)
+        seeds = local[perm_dev].to(torch.float32)
+        coords = torch.arange(tile_px, dtype=torch.float32, device=device)
+        d2_sorted = d2                                     # in the sorted order, then scattered back
+        tmp = torch.empty_like(d2_sorted)
+        for s, k in enumerate(n_with):
+            dy = coords[None, :] - seeds[:k, s, 0, None]                                      # (k, T)
+            dx = coords[None, :] - seeds[:k, s, 1, None]
+            torch.add((dy * dy)[:, :, None], (dx * dx)[:, None, :], out=tmp[:k])
+            torch.minimum(d2_sorted[:k], tmp[:k], out=d2_sorted[:k])
+        d2 = torch.empty_like(d2_sorted)
+        d2[perm_dev] = d2_sorted
+    return d2
+
+
+def seed_blend_maps(local: torch.Tensor, counts: torch.Tensor, tile_px: int, sigma_px: float, rho_px: float,
+                    gamma: float, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seed dots S = exp(−d²/(2σ²)) and blend maps W = min(1, γ·exp(−d²/(2ρ²))) (c, T, T) float32, d² the
+    squared distance to the nearest of tile q's first `counts[q]` seeds (`seed_distance2`); W = 0 where
+    `valid` (c, T, T) is False; S = W = 0 for a tile without seeds. The ops of the reference's `seed_dots` /
+    `blend_weight_map` (`exp(-d2 / c)`, `clamp(γ·…, max=1)`).
+
+    On the CPU (C++ extension built, integer seeds inside their tiles) d² is an integer in 0..2(T−1)², so
+    both maps are looked up in tables made once per (T, σ, ρ, γ) with those same torch ops on every d² value
+    (`_seed_map_tables`), and the C++ `seed_maps` fills them: the same floats, without evaluating
+    2·c·T² exps (torch's exp takes a slow path for arguments below −87, most of S's pixels). Elsewhere
+    `seed_distance2` and the torch ops.
+    """
+    c = int(local.shape[0])
+    on_cpu = local.device.type == "cpu" and (valid is None or valid.device.type == "cpu")
+    if c and on_cpu and not local.is_floating_point():
+        cpp = _cpp_tiler()
+        if cpp is not None and hasattr(cpp, "seed_maps"):
+            lut_s, lut_w = _seed_map_tables(int(tile_px), float(sigma_px), float(rho_px), float(gamma))
+            valid_np = None if valid is None else valid.to(torch.uint8).contiguous().numpy()
+            try:
+                s_np, w_np = cpp.seed_maps(local.to(torch.int64).contiguous().numpy(),
+                                           counts.to("cpu", torch.int64).contiguous().numpy(), int(tile_px),
+                                           lut_s, lut_w, valid_np)
+            except ValueError:   # a seed outside its tile: d² beyond the tables, use the torch ops
+                pass
+            else:
+                return torch.from_numpy(np.asarray(s_np)), torch.from_numpy(np.asarray(w_np))
+    d2 = seed_distance2(local, counts, tile_px).to(local.device)
+    return _seed_maps_from_d2(d2, sigma_px, rho_px, gamma, valid)
+
+
+def _seed_maps_from_d2(d2: torch.Tensor, sigma_px: float, rho_px: float, gamma: float,
+                       valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    s_map = torch.div(d2, -(2.0 * sigma_px * sigma_px)).exp_()            # = exp(−d²/(2σ²)), bit for bit
+    w_map = torch.div(d2, -(2.0 * rho_px * rho_px)).exp_().mul_(gamma).clamp_(max=1.0)
+    if valid is not None:
+        w_map.masked_fill_(~valid.to(torch.bool), 0.0)
+    return s_map, w_map
+
+
+@functools.lru_cache(maxsize=8)
+def _seed_map_tables(tile_px: int, sigma_px: float, rho_px: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """S and W of every integer d² in 0..2(T−1)² (padded to a multiple of 1024, so that every value goes
+    through torch's vectorised loop, as in a (c, T, T) batch), float32, read-only."""
+    n = 2 * (tile_px - 1) ** 2 + 1
+    d2 = torch.arange(-(-n // 1024) * 1024, dtype=torch.float32)          # exact integers (n < 2^24)
+    s_map, w_map = _seed_maps_from_d2(d2, sigma_px, rho_px, gamma)
+    out = (s_map.numpy(), w_map.numpy())
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
 def euler_step(x: torch.Tensor, v: torch.Tensor, dt: float, blend_w: torch.Tensor | None = None,
                image: torch.Tensor | None = None, seeds: torch.Tensor | None = None,
                seed_counts: torch.Tensor | None = None, rho_px: float | None = None,
@@ -389,7 +483,41 @@ def gpr_update(z: torch.Tensor, y: torch.Tensor, canvas: torch.Tensor, z0: torch
                lam_edge: float = _DEFAULTS["lam_edge"], edge_delta: float = _DEFAULTS["edge_delta"],
                edge_sigma_i: float = _DEFAULTS["edge_sigma_i"], lam_prox: float = _DEFAULTS["lam_prox"],
                return_energy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """One Jacobi step of SPEC §4.4 for all tiles: z_new = z - η·g, with
+    """One Jacobi step of SPEC §4.4 for all tiles (`gpr_update_torch` states the arithmetic).
+
+    On CPU tensors without autograd, with the C++ extension built (`_use_cpp`), this runs its `gpr_update`:
+    one pass per tile row reading Z through the tile windows (OpenMP over tiles), energy summed in float64
+    per tile; it matches `gpr_update_torch` within float32 rounding (its exp / log1p are vectorisable
+    polynomials of a few ulp; tests/test_cpu_kernels.py). Elsewhere `gpr_update_torch`.
+    """
+    check_gpr_args(z, y, canvas, z0, image, index)
+    cpp = _cpp_tiler() if _use_cpp(z) and index.tile_px >= 2 else None
+    if cpp is None or not hasattr(cpp, "gpr_update"):
+        return gpr_update_torch(z, y, canvas, z0, image, index, eta=eta, lam_ov=lam_ov, lam_edge=lam_edge,
+                                edge_delta=edge_delta, edge_sigma_i=edge_sigma_i, lam_prox=lam_prox,
+                                return_energy=return_energy)
+    oh, ov = edge_weights(image, edge_sigma_i)
+    z_new, e = cpp.gpr_update(_np32(z), _np32(y), _np32(canvas), _np32(z0), index.weights.numpy(),
+                              _np32(oh), _np32(ov), index.origins_np, float(eta), float(lam_ov),
+                              float(lam_edge), float(edge_delta), float(lam_prox), bool(return_energy))
+    z_new = torch.from_numpy(np.asarray(z_new))
+    if not return_energy:
+        return z_new
+    return z_new, torch.from_numpy(np.asarray(e)).to(torch.float32)
+
+
+def _np32(t: torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 numpy view of CPU tensor `t` (a copy only when `t` is not contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+def gpr_update_torch(z: torch.Tensor, y: torch.Tensor, canvas: torch.Tensor, z0: torch.Tensor,
+                     image: torch.Tensor, index: TileIndex, *, eta: float = _DEFAULTS["eta"],
+                     lam_ov: float = _DEFAULTS["lam_ov"], lam_edge: float = _DEFAULTS["lam_edge"],
+                     edge_delta: float = _DEFAULTS["edge_delta"], edge_sigma_i: float = _DEFAULTS["edge_sigma_i"],
+                     lam_prox: float = _DEFAULTS["lam_prox"], return_energy: bool = False
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """One Jacobi step of SPEC §4.4 for all tiles in torch (the twin of the kernels): z_new = z - η·g, with
 
     g = (σ(z) - y) + λ_ov·w·(z - Z) + λ_edge·∇E_edge + λ_prox·(z - z0),
     ∇E_edge(u) = Σ_{v ∈ N4(u) ∩ tile} ω_uv (z_u - z_v)/sqrt((z_u - z_v)² + δ²), ω_uv = exp(-(I_u - I_v)²/(2σ_I²)).

@@ -6,6 +6,8 @@ plain data, `Engine.run_file` reads a file and writes every output of the shared
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +17,9 @@ import numpy as np
 import torch
 
 from mcgenref_fast.baseline import TopHatConfig
-from mcgenref_fast.config import CanonicalConfig, FindingsConfig, RefineConfig, config_hash
+from mcgenref_fast.config import CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict
+from mcgenref_fast.errors import ConfigError
+from mcgenref_fast.net_exec import PRECISIONS, Precision, upload
 from mcgenref_fast.tiling import make_grid
 
 Method = Literal["gpr", "initializer", "tophat"]
@@ -27,7 +31,9 @@ class EngineConfig:
     """Everything that decides an Engine's output (its hash goes into findings.json provenance).
 
     method: 'gpr' (segmentor + TT-GPR), 'initializer' (segmentor only, `--no-refine`), 'tophat' (the
-    classical baseline). implementation: the fast refine or the pure-PyTorch reference.
+    classical baseline). implementation: the fast refine or the pure-PyTorch reference. precision: the
+    networks' precision in the fast refine, 'fp32' (default; the only one on the CPU), or 'bf16' / 'fp16'
+    on CUDA (`--precision`; SPEC §7's low-precision rule).
     """
 
     canonical: CanonicalConfig = field(default_factory=CanonicalConfig)
@@ -39,6 +45,31 @@ class EngineConfig:
     seed: int = 0
     overlay_max_side_px: int = 2048
     write_seg: bool = True
+    precision: Precision = "fp32"
+
+
+def engine_config_hash(cfg: EngineConfig) -> str:
+    """`config.config_hash(cfg)`, with `precision` left out when it is 'fp32' (the default): the hashes of
+    fp32 configurations, hence findings.json provenance and screen journals, stay those from before the
+    field existed."""
+    fields = config_to_dict(cfg)
+    if fields.get("precision") == "fp32":
+        del fields["precision"]
+    blob = json.dumps([{type(cfg).__name__: fields}], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_precision(cfg: EngineConfig, device: torch.device) -> None:
+    """ConfigError for a precision the engine cannot run (unknown, off CUDA, or with the reference)."""
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.precision == "fp32" or cfg.method == "tophat":
+        return
+    if device.type != "cuda":
+        raise ConfigError(f"--precision {cfg.precision} needs a CUDA device (--device cuda); on {device.type} "
+                          "the networks run in fp32")
+    if cfg.implementation == "reference":
+        raise ConfigError(f"--precision {cfg.precision} applies to the fast TT-GPR only, not --reference")
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +117,7 @@ class Engine:
                  weights_sha256: dict[str, str] | None = None, progress: bool = False) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
+        _check_precision(cfg, self.device)
         self.progress = progress
         self.weights_sha256 = weights_sha256
         if cfg.method != "tophat" and (segmentor is None or generator is None):
@@ -98,7 +130,7 @@ class Engine:
         self.segmentor = None if segmentor is None else segmentor.to(self.device).eval()
         self.generator = None if generator is None else generator.to(self.device).eval()
         self._refine = refine_function(cfg.implementation)
-        self.config_hash = config_hash(cfg)
+        self.config_hash = engine_config_hash(cfg)
 
     # ------------------------------------------------------------------------------------ canonical
     def analyse(self, canonical: Any) -> Analysis:
@@ -118,10 +150,12 @@ class Engine:
             rcfg = self.cfg.refine
             if self.cfg.method == "initializer":
                 rcfg = replace(rcfg, outer_iters=0)
-            image = torch.from_numpy(np.ascontiguousarray(canonical.image, np.float32)).to(self.device)
-            breast = torch.from_numpy(np.ascontiguousarray(canonical.breast_mask, bool)).to(self.device)
+            # CPU → CUDA through pinned memory, non-blocking (a plain copy elsewhere)
+            image = upload(torch.from_numpy(np.ascontiguousarray(canonical.image, np.float32)), self.device)
+            breast = upload(torch.from_numpy(np.ascontiguousarray(canonical.breast_mask, bool)), self.device)
+            extra = {} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}
             result = self._refine(image, breast, self.segmentor, self.generator, rcfg, seed=self.cfg.seed,
-                                  progress=self.progress)
+                                  progress=self.progress, **extra)
             prob = result.probability().float().cpu().numpy()
             diagnostics = list(result.diagnostics)
             n_tiles = make_grid(canonical.image.shape, canonical.breast_mask, rcfg.tiles).n_tiles

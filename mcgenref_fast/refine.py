@@ -1,7 +1,8 @@
 """TT-GPR, fast path (SPEC §4, §5): the reference's signature, noise, seeds and result, computed in batches.
 
 `refine(image, breast_mask, segmentor, generator, cfg=RefineConfig(), seed=0, progress=False, *,
-record_energy=True, max_batch=None, cpu_workers=None) -> RefineResult` is a drop-in for
+record_energy=True, max_batch=None, cpu_workers=None, precision="fp32", cuda_graphs=True) -> RefineResult`
+is a drop-in for
 `mcgenref_fast.reference.refine` and matches it within 1e-4 (SPEC §7; tests/test_fast_refine.py). What
 changes (docs/fast_path.md):
 
@@ -20,6 +21,11 @@ changes (docs/fast_path.md):
 - the energy diagnostics come from the same update pass (`return_energy=True`, float32 per tile, summed in
   float64 over tiles): within ~1e-6 relative of the reference's float64 values. `record_energy=False`
   skips them (the update pass is cheaper) and leaves `IterationDiagnostics.energy` empty.
+- on CUDA (issue 9) the networks run through `net_exec.NetExecutor` (channels-last, `precision`
+  bf16/fp16 autocast, CUDA-graph replay in batch buckets), the noise canvas is drawn on the CPU while the
+  z0 segmentation runs and uploaded through pinned memory, and the loop takes one host sync per outer
+  iteration of its own (the seed counts; `seeds_fast` and `seed_maps` add theirs): energies and seed
+  diagnostics stay on the device until the end (two transfers). The CPU path is unchanged.
 
 Stage functions (public, for the stage-by-stage tests): `initial_logits`, `seed_maps`,
 `project_and_surrogate`, `inner_loop`.
@@ -33,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcgenref_fast import ops, tiling
+from mcgenref_fast import net_exec, ops, tiling
 from mcgenref_fast.config import RefineConfig
 from mcgenref_fast.ops_torch import TileIndex
 from mcgenref_fast.reference import _check_inputs
@@ -136,42 +142,19 @@ def seed_maps(local: torch.Tensor, counts: torch.Tensor, tile_px: int, cfg: Refi
     `local` (c, m, 2) tile-local px, the first `counts[q]` used. Both come from one map per tile, the
     squared distance to the nearest seed d², as `exp(−d²/2σ²)` and `min(1, γ·exp(−d²/2ρ²))` (W = 0 where
     `valid` is False): the reference's `seed_dots` / `blend_weight_map` (a max of exps of the same values,
-    and exp is monotone). Tiles are visited in decreasing seed count, so seed slot s only touches the tiles
-    that have more than s seeds (work Σ_q m_q·T²). A tile without seeds gets S = W = 0.
+    and exp is monotone). `ops.seed_blend_maps` computes them (on the CPU the C++ extension, through
+    tables of the same torch ops over the integer d²). A tile without seeds gets S = W = 0.
     """
-    c = int(local.shape[0])
-    device = local.device
-    d2 = torch.full((c, tile_px, tile_px), float("inf"), dtype=torch.float32, device=device)
-    counts_cpu = counts.cpu()
-    if c and int(counts_cpu.max()) > 0:
-        counts_sorted, perm = torch.sort(counts_cpu, descending=True, stable=True)
-        n_with = [int((counts_sorted > s).sum()) for s in range(int(counts_sorted[0]))]
-        perm_dev = perm.to(device)
-        seeds = local[perm_dev].to(torch.float32)
-        coords = torch.arange(tile_px, dtype=torch.float32, device=device)
-        d2_sorted = d2                                     # in the sorted order, then scattered back
-        tmp = torch.empty_like(d2_sorted)
-        for s, k in enumerate(n_with):
-            dy = coords[None, :] - seeds[:k, s, 0, None]                                      # (k, T)
-            dx = coords[None, :] - seeds[:k, s, 1, None]
-            torch.add((dy * dy)[:, :, None], (dx * dx)[:, None, :], out=tmp[:k])
-            torch.minimum(d2_sorted[:k], tmp[:k], out=d2_sorted[:k])
-        d2 = torch.empty_like(d2_sorted)
-        d2[perm_dev] = d2_sorted
-    sigma, rho = cfg.seed_sigma_px, cfg.blend_rho_px
-    s_map = torch.exp(-d2 / (2.0 * sigma * sigma))
-    w_map = torch.clamp(cfg.blend_gamma * torch.exp(-d2 / (2.0 * rho * rho)), max=1.0)
-    if valid is not None:
-        w_map = torch.where(valid, w_map, torch.zeros_like(w_map))
-    return s_map, w_map
+    return ops.seed_blend_maps(local, counts, tile_px, cfg.seed_sigma_px, cfg.blend_rho_px, cfg.blend_gamma,
+                               valid)
 
 
 @torch.no_grad()
 def project_and_surrogate(i_tiles: torch.Tensor, eps_tiles: torch.Tensor, seeds: TileSeeds,
                           segmentor: Segmentor, generator: Generator, y_seedless: torch.Tensor,
                           valid: torch.Tensor, cfg: RefineConfig = RefineConfig(),
-                          max_batch: int | None = None, runner: NetRunner | None = None
-                          ) -> tuple[torch.Tensor, int]:
+                          max_batch: int | None = None, runner: NetRunner | None = None, *,
+                          counts_host: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Surrogate y (n, T, T) (SPEC §4 steps 2-3) and the number of seeded tiles.
 
     Tiles with seeds: for every sample r, x ← (1 − t0)ε_r + t0·I_q, N Euler steps x ← x + Δ·v([x, S_q], t_n)
@@ -179,10 +162,12 @@ def project_and_surrogate(i_tiles: torch.Tensor, eps_tiles: torch.Tensor, seeds:
     sigmoid(f(x̂_r)); the generator and the segmentor see max(1, max_batch // S) tiles × S samples per call
     (one work item of `runner`). Tiles without seeds: y_q = `y_seedless[q]` (sigmoid(f(max(I_q, 0)))
     averaged like the reference), no network call. `eps_tiles` (S, n, T, T); `valid` (n, T, T) the
-    non-padding pixels.
+    non-padding pixels. `counts_host`: `seeds.counts` already on the CPU (refine takes it once per outer
+    iteration); None: copied here. The chunks are planned on the host and their seed counts handed to
+    `seed_maps` from the host copy, so this stage adds no device→host transfer of its own.
     """
     y = y_seedless.clone()
-    counts = seeds.counts.cpu()
+    counts = seeds.counts.cpu() if counts_host is None else counts_host
     n_seeded = int((counts > 0).sum())
     if n_seeded == 0:
         return y, 0
@@ -191,14 +176,16 @@ def project_and_surrogate(i_tiles: torch.Tensor, eps_tiles: torch.Tensor, seeds:
     n_samples = eps_tiles.shape[0]
     max_batch = max_batch or default_max_batch(device)
     # seeded tiles in decreasing seed count (chunks then need about the same work for their maps)
-    sel = torch.sort(counts, descending=True, stable=True).indices[:n_seeded].to(device)
+    sel_host = torch.sort(counts, descending=True, stable=True).indices[:n_seeded]
+    sel = net_exec.upload(sel_host, device)
     t0, n_steps = cfg.t0, cfg.euler_steps
     dt = (1.0 - t0) / n_steps if n_steps > 0 else 0.0
     per_chunk = max(1, max_batch // max(1, n_samples))
 
-    def run(chunk: torch.Tensor) -> torch.Tensor:
+    def run(item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        chunk, chunk_host = item
         c = int(chunk.shape[0])
-        s_map, w_map = seed_maps(seeds.local[chunk], seeds.counts[chunk], tile, cfg, valid[chunk])
+        s_map, w_map = seed_maps(seeds.local[chunk], counts[chunk_host], tile, cfg, valid[chunk])
         i_c = i_tiles[chunk]                                                       # (c, T, T)
         x = (1.0 - t0) * eps_tiles[:, chunk] + t0 * i_c                             # (S, c, T, T)
         s_in = s_map.expand(n_samples, c, tile, tile).reshape(n_samples * c, tile, tile)
@@ -215,9 +202,9 @@ def project_and_surrogate(i_tiles: torch.Tensor, eps_tiles: torch.Tensor, seeds:
         sig = torch.sigmoid(_segment(x.reshape(n_samples * c, tile, tile), segmentor, n_samples * c))
         return _sample_mean(sig.reshape(n_samples, c, tile, tile))
 
-    chunks = list(torch.split(sel, per_chunk))
+    chunks = list(zip(torch.split(sel, per_chunk), torch.split(sel_host, per_chunk)))
     results = runner.map(run, chunks) if runner is not None else [run(c) for c in chunks]
-    for chunk, y_chunk in zip(chunks, results):
+    for (chunk, _), y_chunk in zip(chunks, results):
         y[chunk] = y_chunk
     return y, n_seeded
 
@@ -232,6 +219,15 @@ def inner_loop(z: torch.Tensor, y: torch.Tensor, z0: torch.Tensor, i_tiles: torc
     step 1, then after each step; from the update pass, float32 per tile summed in float64), or [] without
     `record_energy`.
     """
+    z, energy, canvas = _inner_steps(z, y, z0, i_tiles, index, cfg, fuse, record_energy)
+    energies = [] if energy is None else [float(v) for v in energy.cpu()]
+    return z, energies, canvas
+
+
+def _inner_steps(z: torch.Tensor, y: torch.Tensor, z0: torch.Tensor, i_tiles: torch.Tensor, index: TileIndex,
+                 cfg: RefineConfig, fuse: Callable[[torch.Tensor], torch.Tensor] | None, record_energy: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`inner_loop` without the host transfer: (z, energies (J + 1,) float64 on z's device or None, Z)."""
     fuse = fuse if fuse is not None else (lambda t: ops.fuse_tiles(t, index))
     parts: list[torch.Tensor] = []
     canvas = fuse(z)
@@ -243,20 +239,39 @@ def inner_loop(z: torch.Tensor, y: torch.Tensor, z0: torch.Tensor, i_tiles: torc
             z_new = ops.gpr_update(z, y, canvas, z0, i_tiles, index, cfg)
         z = z_new
         canvas = fuse(z)
-    energies: list[float] = []
-    if record_energy:
-        _, e = ops.gpr_update(z, y, canvas, z0, i_tiles, index, cfg, return_energy=True)
-        parts.append(e)
-        energies = [float(v) for v in torch.stack(parts).double().sum(dim=1).cpu()]
-    return z, energies, canvas
+    if not record_energy:
+        return z, None, canvas
+    _, e = ops.gpr_update(z, y, canvas, z0, i_tiles, index, cfg, return_energy=True)
+    parts.append(e)
+    return z, torch.stack(parts).double().sum(dim=1), canvas
 
 
 # ---------------------------------------------------------------------------------------------- refine
+def _diagnostics(counts: list[list[int]], seeds: list[TileSeeds], energies: list[torch.Tensor]
+                 ) -> list[IterationDiagnostics]:
+    """The per-iteration diagnostics from device tensors, in two device→host transfers (seeds, energies).
+
+    Same values as `IterationDiagnostics(counts, [float(e) ...], seeds.as_list(canvas=True))` per iteration.
+    """
+    if not seeds:
+        return []
+    flat = torch.cat([(s.local + s.origins[:, None, :]).reshape(-1) for s in seeds]).cpu().numpy()
+    energy_rows = torch.stack(energies).cpu().tolist() if energies else [[] for _ in seeds]
+    out: list[IterationDiagnostics] = []
+    start = 0
+    for count, s, energy in zip(counts, seeds, energy_rows):
+        size = s.local.numel()
+        local = flat[start:start + size].reshape(tuple(s.local.shape))
+        start += size
+        out.append(IterationDiagnostics(count, energy, [local[q, :c].copy() for q, c in enumerate(count)]))
+    return out
+
+
 @torch.no_grad()
 def refine(image: torch.Tensor, breast_mask: torch.Tensor, segmentor: nn.Module, generator: nn.Module,
            cfg: RefineConfig = RefineConfig(), seed: int = 0, progress: bool = False, *,
-           record_energy: bool = True, max_batch: int | None = None, cpu_workers: int | None = None
-           ) -> RefineResult:
+           record_energy: bool = True, max_batch: int | None = None, cpu_workers: int | None = None,
+           precision: net_exec.Precision = "fp32", cuda_graphs: bool = True) -> RefineResult:
     """TT-GPR on a canonical image (SPEC §4), fast path; same arguments and result as `reference.refine`.
 
     `image`: (H, W) float, I ≥ 0, canonical space (computed in float32; the result is float32);
@@ -272,11 +287,17 @@ def refine(image: torch.Tensor, breast_mask: torch.Tensor, segmentor: nn.Module,
     the CPU the network calls run in this many single-threaded worker threads (None: torch's intra-op
     thread count; 1: in the calling thread with torch's settings), see `NetRunner`. The result depends on
     neither beyond the networks' float32 rounding.
+    CUDA only (`net_exec`): `precision` 'fp32' (default), 'bf16' or 'fp16' — the networks under autocast,
+    outputs cast to float32 (SPEC §7's low-precision rule); anything but 'fp32' on the CPU is a
+    ValueError. `cuda_graphs` (default True): the network calls replay CUDA graphs captured once per
+    process per batch bucket (`max_batch` is the largest bucket); False runs them eagerly.
     """
     _check_inputs(image, breast_mask)
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     device = image.device
+    net_exec.check_precision(precision, device)
+    cuda = device.type == "cuda"
     max_batch = max_batch or default_max_batch(device)
     if cpu_workers is None and device.type == "cpu" and ops.backend_for(image) == "triton":
         cpu_workers = 1                     # the Triton interpreter (tests) is not made for threads
@@ -285,10 +306,16 @@ def refine(image: torch.Tensor, breast_mask: torch.Tensor, segmentor: nn.Module,
     height, width = img.shape
     segmentor.eval()
     generator.eval()
+    seg_fn: Segmentor = segmentor
+    gen_fn: Generator = generator
+    if cuda:                                # the CPU path calls the modules directly (bit-identical)
+        exec_cfg = net_exec.ExecConfig(precision=precision, cuda_graphs=cuda_graphs, max_batch=max_batch)
+        seg_fn = net_exec.executor_for(segmentor, device, exec_cfg)
+        gen_fn = net_exec.executor_for(generator, device, exec_cfg)
     mask = breast_mask.to(device=device, dtype=torch.bool)
 
     grid = tiling.make_grid((height, width), mask.cpu().numpy().astype(np.uint8), cfg.tiles)
-    covered = torch.from_numpy(grid.covered).to(device)
+    covered = net_exec.upload(torch.from_numpy(grid.covered), device)
     n_tiles = grid.n_tiles
     n_stages = 3
     bar = None
@@ -317,28 +344,36 @@ def refine(image: torch.Tensor, breast_mask: torch.Tensor, segmentor: nn.Module,
         return ops.fuse_tiles(tiles, index)
 
     i_tiles = ops.gather_tiles(img.contiguous(), index)                          # (n, T, T), 0 on padding
-    eps_tiles = ops.gather_tiles(make_noise_canvas(cfg.n_samples, height, width, seed, device), index)
-
-    z0, logits_i = initial_logits(i_tiles, segmentor, cfg, max_batch, runner)
-    if bool((i_tiles < 0).any()):           # x̂ of a seedless tile is max(I_q, 0), not I_q
-        logits_i = _segment(torch.clamp(i_tiles, min=0.0), segmentor, max_batch, runner)
+    has_negative = bool((i_tiles < 0).any())    # x̂ of a seedless tile is max(I_q, 0), not I_q (one sync)
+    z0, logits_i = initial_logits(i_tiles, seg_fn, cfg, max_batch, runner)
+    if has_negative:
+        logits_i = _segment(torch.clamp(i_tiles, min=0.0), seg_fn, max_batch, runner)
+    # ε is drawn on the CPU (SPEC §4); on CUDA while the z0 segmentation runs, uploaded from pinned memory
+    noise = make_noise_canvas(cfg.n_samples, height, width, seed, "cpu" if cuda else device)
+    eps_tiles = ops.gather_tiles(net_exec.upload(noise, device), index)
     y_seedless = _sample_mean(torch.sigmoid(logits_i).expand(max(1, cfg.n_samples), *logits_i.shape))
     tick("start")
 
     z = z0
     canvas = fuse(z0)
     z0_canvas = canvas
-    diagnostics: list[IterationDiagnostics] = []
+    counts_per_iter: list[list[int]] = []
+    seeds_per_iter: list[TileSeeds] = []
+    energy_per_iter: list[torch.Tensor] = []
     for k in range(cfg.outer_iters):
         seeds = extract_seeds_fast(canvas, mask, covered, index, cfg)
+        counts_host = seeds.counts.cpu()        # this loop's one device→host transfer per iteration
         tick("seeds", k)
-        y, _ = project_and_surrogate(i_tiles, eps_tiles, seeds, segmentor, generator, y_seedless, valid, cfg,
-                                     max_batch, runner)
+        y, _ = project_and_surrogate(i_tiles, eps_tiles, seeds, seg_fn, gen_fn, y_seedless, valid, cfg,
+                                     max_batch, runner, counts_host=counts_host)
         tick("projection", k)
-        z, energies, canvas = inner_loop(z, y, z0, i_tiles, index, cfg, fuse, record_energy)
+        z, energy, canvas = _inner_steps(z, y, z0, i_tiles, index, cfg, fuse, record_energy)
         tick("update", k)
-        diagnostics.append(IterationDiagnostics([int(c) for c in seeds.counts.cpu()], energies,
-                                                seeds.as_list(canvas=True)))
+        counts_per_iter.append([int(c) for c in counts_host])
+        seeds_per_iter.append(seeds)
+        if energy is not None:
+            energy_per_iter.append(energy)
+    diagnostics = _diagnostics(counts_per_iter, seeds_per_iter, energy_per_iter)
     if bar is not None:
         bar.close()
     logits = canvas if canvas is not z0_canvas else canvas.clone()       # K = 0: the fused z0, own copy

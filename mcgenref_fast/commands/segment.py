@@ -22,6 +22,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", action="store_true", help="use the pure-PyTorch reference TT-GPR (slow)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch and the tiler")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="network precision of the fast TT-GPR: fp32 (default), or bf16 / fp16 with --device cuda")
     p.add_argument("--seed", type=int, default=0, help="TT-GPR noise seed (default 0)")
     p.add_argument("--allow-for-processing", action="store_true",
                    help="accept FOR PROCESSING DICOMs (applies -log of the normalised detector signal)")
@@ -34,7 +36,7 @@ def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
 
     method = "tophat" if args.method == "tophat" else ("initializer" if args.no_refine else "gpr")
     cfg = replace(EngineConfig(), method=method, implementation="reference" if args.reference else "fast",
-                  seed=args.seed, write_seg=not args.no_seg)
+                  seed=args.seed, write_seg=not args.no_seg, precision=getattr(args, "precision", "fp32"))
     return Engine(cfg, device=args.device, progress=progress)
 
 
