@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
@@ -38,8 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "TileIndex", "blend_map", "edge_weights", "euler_step", "euler_tiles", "fuse_tiles", "gather_tiles",
-    "gpr_update", "gpr_update_torch", "gpr_params", "seed_blend_maps", "seed_distance2", "check_euler_args",
-    "check_fuse_args", "check_gpr_args",
+    "gpr_update", "gpr_update_torch", "gpr_params", "seed_blend_maps", "seed_distance2", "seed_distance2_fixed",
+    "fixed_shape_seeds", "check_euler_args", "check_fuse_args", "check_gpr_args",
 ]
 
 
@@ -303,6 +304,8 @@ def seed_distance2(local: torch.Tensor, counts: torch.Tensor, tile_px: int) -> t
             counts_np = counts.to("cpu", torch.int64).contiguous().numpy()
             local_np = local.to(torch.int64).contiguous().numpy()
             return torch.from_numpy(np.asarray(cpp.seed_dist2(local_np, counts_np, int(tile_px))))
+    if device.type != "cpu":
+        return seed_distance2_fixed(local, counts, tile_px)               # no host sync (CUDA)
     d2 = torch.full((c, tile_px, tile_px), float("inf"), dtype=torch.float32, device=device)
     counts_cpu = counts.cpu()
     if c and int(counts_cpu.max()) > 0:
@@ -323,8 +326,80 @@ def seed_distance2(local: torch.Tensor, counts: torch.Tensor, tile_px: int) -> t
     return d2
 
 
+SEEDS_ENV_VAR = "MCGENREF_SEEDS"
+_SEEDS_CHOICES = ("auto", "fixed", "compact")
+
+
+def fixed_shape_seeds(device: torch.device | str, fixed_shape: bool | None = None) -> bool:
+    """Whether the seed stages (`seeds_fast.extract_seeds_fast`, `seed_blend_maps`) take their fixed-shape,
+    host-sync-free route (issue 9): `fixed_shape` when given, else environment variable `MCGENREF_SEEDS` =
+    `auto` (default: on CUDA devices) | `fixed` (always; tests force it on the CPU) | `compact` (never: the
+    compact seeds and, on the CPU, the C++ seed maps). Read at every call. Both routes give the same seeds
+    and the same maps, bit for bit."""
+    if fixed_shape is not None:
+        return bool(fixed_shape)
+    choice = os.environ.get(SEEDS_ENV_VAR, "auto").strip().lower() or "auto"
+    if choice not in _SEEDS_CHOICES:
+        raise ValueError(f"{SEEDS_ENV_VAR} must be one of {', '.join(_SEEDS_CHOICES)}, got {choice!r}")
+    if choice == "auto":
+        return torch.device(device).type == "cuda"
+    return choice == "fixed"
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; CPU → CUDA through pinned memory, non_blocking (no host sync; `net_exec.upload`)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def seed_distance2_fixed(local: torch.Tensor, counts: torch.Tensor, tile_px: int, *,
+                         host_plan: bool | None = None) -> torch.Tensor:
+    """`seed_distance2` without a host sync: d² (c, T, T) float32 to the nearest of tile q's first
+    `counts[q]` seeds (+inf without seeds), the same exact integers in float32, hence identical values.
+
+    One fused step per seed slot over all tiles, the slots at or past a tile's count masked to +inf (on the
+    (c, T) row / column terms, so the min ignores them). The number of slots: `local.shape[1]` when
+    `counts` is on `local`'s device (no sync), else the largest host count (free); with host counts in
+    non-increasing order (how `refine.project_and_surrogate` orders its chunks) slot s only touches the
+    tiles that have more than s seeds, a prefix. Host counts go up through pinned memory (non_blocking).
+    `host_plan` (None: whether `counts` is on the CPU) says whether to plan from the counts on the host;
+    False takes the device route (all `local.shape[1]` slots, mask only) even on the CPU (tests).
+    """
+    c, width = int(local.shape[0]), int(local.shape[1])
+    device = local.device
+    d2 = torch.full((c, tile_px, tile_px), float("inf"), dtype=torch.float32, device=device)
+    if c == 0 or width == 0:
+        return d2
+    rows = [c] * width                                  # tiles visited per slot (a prefix of the c tiles)
+    if host_plan is None:
+        host_plan = counts.device.type == "cpu"
+    if host_plan:
+        host = counts.to(torch.int64).clamp(0, width)
+        n_slots = int(host.max())
+        if bool((host[1:] <= host[:-1]).all()):        # non-increasing: slot s touches a prefix only
+            rows = [int((host > s).sum()) for s in range(n_slots)]
+        rows = rows[:n_slots]
+    counts_dev = _to_device(counts, device).to(torch.int64)
+    seeds = local.to(torch.float32)
+    coords = torch.arange(tile_px, dtype=torch.float32, device=device)
+    slots = torch.arange(width, device=device)
+    in_use = slots[None, :] < counts_dev[:, None]                                          # (c, width)
+    tmp = torch.empty_like(d2)
+    for s, k in enumerate(rows):
+        dy = coords[None, :] - seeds[:k, s, 0, None]                                      # (k, T)
+        dx = coords[None, :] - seeds[:k, s, 1, None]
+        dy2 = (dy * dy).masked_fill_(~in_use[:k, s, None], float("inf"))                 # +inf: not a seed
+        torch.add(dy2[:, :, None], (dx * dx)[:, None, :], out=tmp[:k])
+        torch.minimum(d2[:k], tmp[:k], out=d2[:k])
+    return d2
+
+
 def seed_blend_maps(local: torch.Tensor, counts: torch.Tensor, tile_px: int, sigma_px: float, rho_px: float,
-                    gamma: float, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    gamma: float, valid: torch.Tensor | None = None, fixed_shape: bool | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Seed dots S = exp(−d²/(2σ²)) and blend maps W = min(1, γ·exp(−d²/(2ρ²))) (c, T, T) float32, d² the
     squared distance to the nearest of tile q's first `counts[q]` seeds (`seed_distance2`); W = 0 where
     `valid` (c, T, T) is False; S = W = 0 for a tile without seeds. The ops of the reference's `seed_dots` /
@@ -334,9 +409,13 @@ def seed_blend_maps(local: torch.Tensor, counts: torch.Tensor, tile_px: int, sig
     both maps are looked up in tables made once per (T, σ, ρ, γ) with those same torch ops on every d² value
     (`_seed_map_tables`), and the C++ `seed_maps` fills them: the same floats, without evaluating
     2·c·T² exps (torch's exp takes a slow path for arguments below −87, most of S's pixels). Elsewhere
-    `seed_distance2` and the torch ops.
+    `seed_distance2` and the torch ops. With `fixed_shape` (None: `fixed_shape_seeds(local.device)`, i.e. on
+    CUDA) `seed_distance2_fixed` and the torch ops: no host sync, the same S and W.
     """
     c = int(local.shape[0])
+    if fixed_shape_seeds(local.device, fixed_shape):
+        d2 = seed_distance2_fixed(local, counts, tile_px)
+        return _seed_maps_from_d2(d2, sigma_px, rho_px, gamma, valid)
     on_cpu = local.device.type == "cpu" and (valid is None or valid.device.type == "cpu")
     if c and on_cpu and not local.is_floating_point():
         cpp = _cpp_tiler()

@@ -24,8 +24,9 @@ changes (docs/fast_path.md):
 - on CUDA (issue 9) the networks run through `net_exec.NetExecutor` (channels-last, `precision`
   bf16/fp16 autocast, CUDA-graph replay in batch buckets), the noise canvas is drawn on the CPU while the
   z0 segmentation runs and uploaded through pinned memory, and the loop takes one host sync per outer
-  iteration of its own (the seed counts; `seeds_fast` and `seed_maps` add theirs): energies and seed
-  diagnostics stay on the device until the end (two transfers). The CPU path is unchanged.
+  iteration (the seed counts; `seeds_fast` and `seed_maps` take their fixed-shape, sync-free routes on
+  CUDA): energies and seed diagnostics stay on the device until the end (two transfers). The CPU path is
+  unchanged.
 
 Stage functions (public, for the stage-by-stage tests): `initial_logits`, `seed_maps`,
 `project_and_surrogate`, `inner_loop`.
@@ -136,17 +137,20 @@ def initial_logits(i_tiles: torch.Tensor, segmentor: Segmentor, cfg: RefineConfi
 
 
 def seed_maps(local: torch.Tensor, counts: torch.Tensor, tile_px: int, cfg: RefineConfig = RefineConfig(),
-              valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              valid: torch.Tensor | None = None, fixed_shape: bool | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Seed dots S (c, T, T) and blend maps W (c, T, T) of c tiles from their padded seed lists.
 
     `local` (c, m, 2) tile-local px, the first `counts[q]` used. Both come from one map per tile, the
     squared distance to the nearest seed d², as `exp(−d²/2σ²)` and `min(1, γ·exp(−d²/2ρ²))` (W = 0 where
     `valid` is False): the reference's `seed_dots` / `blend_weight_map` (a max of exps of the same values,
     and exp is monotone). `ops.seed_blend_maps` computes them (on the CPU the C++ extension, through
-    tables of the same torch ops over the integer d²). A tile without seeds gets S = W = 0.
+    tables of the same torch ops over the integer d²; on CUDA, or with `fixed_shape`, a fixed loop over
+    the seed slots with a validity mask, no host sync: `ops_torch.seed_distance2_fixed`). A tile without
+    seeds gets S = W = 0. `counts` may be on the host (`project_and_surrogate`) or on `local`'s device.
     """
     return ops.seed_blend_maps(local, counts, tile_px, cfg.seed_sigma_px, cfg.blend_rho_px, cfg.blend_gamma,
-                               valid)
+                               valid, fixed_shape)
 
 
 @torch.no_grad()

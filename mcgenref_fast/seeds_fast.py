@@ -18,6 +18,23 @@ the tie break), computed without a Python loop over tiles or pixels:
 
 Output: `TileSeeds`: `local` (n, m_max, 2) int64 tile-local (row, col) px, padded with 0 past `counts[q]`;
 `counts` (n,) int64; `canvas_rc(q)` / `as_list()` for the diagnostics (`IterationDiagnostics.seeds_rc`).
+
+The steps above take host syncs on CUDA (`nonzero`, boolean indexing, `int(counts.max())`). On CUDA
+`extract_seeds_fast` therefore runs a fixed-shape formulation instead (`extract_seeds_fixed`, issue 9), the
+same seeds without a device→host transfer:
+
+1. the per-pixel seed map of the canvas (threshold rounded to Z's dtype on the host, breast, covered, and
+   the 3×3 rule by shifted comparisons: `seeds.local_maxima`);
+2. per active tile, its T×T window of `key = Z where seed else −inf` (`TileIndex.canvas_index`, −inf on
+   padding), laid out row by row: the within-tile flat index is monotone in the canvas raster index;
+3. a stable descending sort of each tile's keys ranks its seeds (Z descending, raster ascending) ahead of
+   the −inf non-seeds; the first k = min(n_s, T²) entries are kept, `counts` = how many of them are
+   seeds (= min(n_s, seeds in the tile)), (row, col) = divmod(flat index, T), 0 past the count.
+
+Its `local` is (n, k, 2) (fixed width k, not the data-dependent m_max); the first m_max columns equal the
+compact path's and the rest are 0, so `as_list` / `tensors` / the diagnostics are identical.
+Choice: `fixed_shape` argument; None reads `MCGENREF_SEEDS` (`ops_torch.fixed_shape_seeds`): `auto`
+(default: fixed on CUDA, compact elsewhere) | `fixed` | `compact`.
 """
 from __future__ import annotations
 
@@ -29,10 +46,11 @@ import torch
 import torch.nn.functional as F
 
 from mcgenref_fast.config import RefineConfig
-from mcgenref_fast.ops_torch import TileIndex
-from mcgenref_fast.seeds import EARLIER_OFFSETS, LATER_OFFSETS, logit
+from mcgenref_fast.ops_torch import TileIndex, fixed_shape_seeds
+from mcgenref_fast.seeds import EARLIER_OFFSETS, LATER_OFFSETS, local_maxima, logit
 
-__all__ = ["TileSeeds", "candidate_seeds", "extract_seeds_fast", "assign_to_tiles"]
+__all__ = ["TileSeeds", "candidate_seeds", "extract_seeds_fast", "extract_seeds_fixed", "assign_to_tiles",
+           "seed_map", "tile_seeds_fixed"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +149,56 @@ def assign_to_tiles(ranked_rc: torch.Tensor, index: TileIndex, max_seeds: int) -
 
 
 def extract_seeds_fast(z: torch.Tensor, breast_mask: torch.Tensor, covered: torch.Tensor, index: TileIndex,
-                       cfg: RefineConfig = RefineConfig()) -> TileSeeds:
-    """SPEC §4 step 1 on the fused canvas `z` (H, W), for every active tile of `index` at once."""
+                       cfg: RefineConfig = RefineConfig(), fixed_shape: bool | None = None) -> TileSeeds:
+    """SPEC §4 step 1 on the fused canvas `z` (H, W), for every active tile of `index` at once.
+
+    `fixed_shape`: True runs `extract_seeds_fixed` (no host sync; `local` has width min(n_s, T²)), False
+    the compact path (`candidate_seeds` + `assign_to_tiles`; width = the largest count), None chooses by
+    `ops_torch.fixed_shape_seeds` (fixed on CUDA unless `MCGENREF_SEEDS` says otherwise). Same seeds.
+    """
+    if fixed_shape_seeds(z.device, fixed_shape):
+        return extract_seeds_fixed(z, breast_mask, covered, index, cfg)
     ranked = candidate_seeds(z, breast_mask.to(torch.bool), covered.to(torch.bool), cfg.seed_threshold)
     return assign_to_tiles(ranked, index, cfg.max_seeds_per_tile)
+
+
+# ------------------------------------------------------------------------------ fixed shapes (CUDA)
+def seed_map(z: torch.Tensor, breast_mask: torch.Tensor, covered: torch.Tensor, threshold_prob: float
+             ) -> torch.Tensor:
+    """Bool (H, W): the seeds of the canvas `z` (`seeds.seed_mask`, without its host→device threshold copy).
+
+    The threshold logit(τ_s) is rounded to Z's dtype on the host, so comparing with it as a Python scalar
+    (exactly representable in that dtype) is the reference's comparison; the 3×3 rule is
+    `seeds.local_maxima` (shifted comparisons, −inf outside the image and where `covered` is False)."""
+    threshold = float(torch.tensor(logit(threshold_prob), dtype=z.dtype))             # rounded, on the CPU
+    return (z >= threshold) & breast_mask & local_maxima(z, covered)
+
+
+def tile_seeds_fixed(z: torch.Tensor, seeds_px: torch.Tensor, index: TileIndex, max_seeds: int) -> TileSeeds:
+    """Each tile's first `max_seeds` seeds of the seed map `seeds_px` (H, W), ranked (Z desc, raster asc),
+    with fixed shapes: `local` (n, k, 2), k = min(max_seeds, T²), 0 past `counts[q]` (module docstring)."""
+    device = index.device
+    n, tile = index.n_tiles, index.tile_px
+    origins = index.origins.to(torch.int64)
+    k = max(0, min(int(max_seeds), tile * tile))
+    if n == 0 or k == 0:
+        return TileSeeds(torch.zeros((n, k, 2), dtype=torch.int64, device=device),
+                         torch.zeros(n, dtype=torch.int64, device=device), origins)
+    key = torch.where(seeds_px, z, torch.full_like(z, -math.inf)).reshape(-1)
+    key = torch.cat([key, key.new_full((1,), -math.inf)])                  # the spare slot: padding = −inf
+    key_tiles = key.index_select(0, index.canvas_index).reshape(n, tile * tile)
+    values, flat = torch.sort(key_tiles, dim=1, descending=True, stable=True)     # stable: raster asc
+    values, flat = values[:, :k], flat[:, :k]
+    is_seed = values > -math.inf                    # seeds first (Z ≥ logit(τ_s) > −inf), then −inf
+    counts = is_seed.sum(dim=1, dtype=torch.int64)
+    local = torch.stack((torch.div(flat, tile, rounding_mode="floor"), torch.remainder(flat, tile)), dim=-1)
+    local = local.masked_fill_(~is_seed[:, :, None], 0)
+    return TileSeeds(local, counts, origins)
+
+
+def extract_seeds_fixed(z: torch.Tensor, breast_mask: torch.Tensor, covered: torch.Tensor, index: TileIndex,
+                        cfg: RefineConfig = RefineConfig()) -> TileSeeds:
+    """`extract_seeds_fast` without host syncs (fixed shapes; module docstring): the same seeds and counts,
+    `local` (n, min(n_s, T²), 2)."""
+    seeds_px = seed_map(z, breast_mask.to(torch.bool), covered.to(torch.bool), cfg.seed_threshold)
+    return tile_seeds_fixed(z, seeds_px, index, cfg.max_seeds_per_tile)
