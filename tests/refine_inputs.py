@@ -19,3 +19,16 @@ def left_breast_mask(h: int, w: int) -> torch.Tensor:
     mask = torch.zeros((h, w), dtype=torch.bool)
     mask[:, : (4 * w) // 5] = True
     return mask
+
+
+def kernel_test_mask(h: int, w: int, kind: str, rng: "np.random.Generator") -> "np.ndarray":
+    """Breast masks of the kernel tests: 'full' (all breast), 'sparse' (~3 % scattered pixels: inactive
+    tiles) or 'disc' (a disc centred on the left edge, chest wall left)."""
+    import numpy as np
+
+    if kind == "full":
+        return np.ones((h, w), bool)
+    if kind == "sparse":
+        return rng.random((h, w)) > 0.97
+    yy, xx = np.ogrid[:h, :w]
+    return (yy - h / 2) ** 2 + xx ** 2 <= (0.7 * w) ** 2

@@ -16,6 +16,7 @@ import torch
 
 from mcgenref_fast import ops, ops_torch, tiling
 from mcgenref_fast.config import RefineConfig, TileConfig
+from refine_inputs import kernel_test_mask
 from mcgenref_fast.refine_types import blend_weight_map, seed_dots
 
 cpp = pytest.importorskip("mcgenref_fast._tiler", reason="C++ extension not built")
@@ -32,13 +33,7 @@ GRIDS = [(45, 71, 32, 8, "disc"), (12, 21, 16, 4, "full"), (9, 30, 16, 4, "full"
 
 def _case(h, w, tile, overlap, kind, seed=0, scale=2.0):
     rng = np.random.default_rng(seed)
-    if kind == "full":
-        mask = np.ones((h, w), bool)
-    elif kind == "sparse":
-        mask = rng.random((h, w)) > 0.97
-    else:
-        yy, xx = np.ogrid[:h, :w]
-        mask = (yy - h / 2) ** 2 + xx ** 2 <= (0.7 * w) ** 2
+    mask = kernel_test_mask(h, w, kind, rng)
     grid = tiling.make_grid((h, w), mask, TileConfig(tile, overlap))
     index = ops_torch.TileIndex.from_grid(grid)
     g = torch.Generator().manual_seed(seed)

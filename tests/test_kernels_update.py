@@ -8,6 +8,7 @@ import torch
 
 from mcgenref_fast import ops, ops_torch, tiling
 from mcgenref_fast.config import RefineConfig, TileConfig
+from refine_inputs import kernel_test_mask
 from mcgenref_fast.energy import energy
 from mcgenref_fast.kernels import gpr_update as update_kernel
 from mcgenref_fast.refine_types import TileTensors, gather_tiles
@@ -23,13 +24,7 @@ GRIDS = [(45, 71, 32, 8, "disc"), (12, 21, 16, 4, "full"), (40, 40, 16, 8, "disc
 
 def _case(h, w, tile, overlap, kind, seed=0):
     rng = np.random.default_rng(seed)
-    if kind == "full":
-        mask = np.ones((h, w), bool)
-    elif kind == "sparse":
-        mask = rng.random((h, w)) > 0.97
-    else:
-        yy, xx = np.ogrid[:h, :w]
-        mask = (yy - h / 2) ** 2 + xx ** 2 <= (0.7 * w) ** 2
+    mask = kernel_test_mask(h, w, kind, rng)
     grid = tiling.make_grid((h, w), mask, TileConfig(tile, overlap))
     index = ops_torch.TileIndex.from_grid(grid)
     tiles = TileTensors.from_grid(grid)
