@@ -73,6 +73,7 @@ class TrainConfig:
     log_every: int = 20
     num_workers: int = 0
     amp: bool = True                  # autocast on CUDA only (bf16 when supported, else fp16)
+    init_from: str | None = None      # weights directory whose `model` entry starts the run (fine-tuning)
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -84,6 +85,8 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= t_min <= t_max <= 1, got {self.t_min}, {self.t_max}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ConfigError("warmup_steps and num_workers must be >= 0")
+        if self.dice_weight < 0:
+            raise ConfigError(f"dice_weight must be >= 0, got {self.dice_weight}")
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,8 @@ class _Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
         self.model = _build_model(model_cfg).to(device)
+        if cfg.init_from is not None:
+            self._init_weights(Path(cfg.init_from))
         self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
@@ -248,6 +253,17 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.step = 0
         self.elapsed_s = 0.0
+
+    def _init_weights(self, directory: Path) -> None:
+        """Start from the `cfg.model` entry of a weights directory (sha256-checked; same architecture)."""
+        from mcgenref_fast.models.weights import load_model
+
+        source = load_model(directory, self.cfg.model)
+        try:
+            self.model.load_state_dict(source.state_dict(), strict=True)
+        except RuntimeError as exc:
+            raise ConfigError(f"--init-from {directory}: its {self.cfg.model} does not fit this run's "
+                              f"architecture (pass the same --base-width / --depth): {exc}") from exc
 
     # -- one optimisation step
     def loss(self, model: nn.Module, batch: dict, step: int, seed: int) -> torch.Tensor:

@@ -177,3 +177,26 @@ def test_cli_train_command(tmp_path, monkeypatch, capsys) -> None:
     manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
     assert manifest["models"]["generator"]["config"]["base_width"] == 4
     assert manifest["models"]["generator"]["training"]["data"].startswith("mcgenref_fast.synth")
+
+
+def test_init_from_starts_from_exported_weights(tmp_path) -> None:
+    """`init_from`: a fine-tuning run starts from the weights directory's model (checked on step 0's state);
+    a mismatched architecture is a ConfigError that names the flag."""
+    from mcgenref_fast.train import _Trainer
+
+    out = tmp_path / "weights"
+    train(_cfg("segmentor", steps=2), tmp_path / "a", model_cfg=TINY_SEG, dataset_factory=factory, device="cpu",
+          progress=False, export_to=out)
+    from mcgenref_fast.models.weights import load_model
+
+    exported = load_model(out, "segmentor").state_dict()
+    tuned = _Trainer(_cfg("segmentor", init_from=str(out)), TINY_SEG, tmp_path / "b", torch.device("cpu"))
+    fresh = _Trainer(_cfg("segmentor"), TINY_SEG, tmp_path / "c", torch.device("cpu"))
+    for name, value in exported.items():
+        assert torch.equal(tuned.model.state_dict()[name], value), name
+    assert any(not torch.equal(fresh.model.state_dict()[k], v) for k, v in exported.items())
+    wider = SegmentorConfig(depth=2, base_width=8, max_width=8)
+    with pytest.raises(ConfigError, match="--init-from"):
+        _Trainer(_cfg("segmentor", init_from=str(out)), wider, tmp_path / "d", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="dice_weight"):
+        _cfg("segmentor", dice_weight=-1.0)

@@ -48,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--stop-at", type=int, metavar="STEP", help="stop this session at STEP (checkpoint saved)")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--init-from", type=Path, metavar="WEIGHTS_DIR",
+                   help="start from this weights directory's model of the same kind (fine-tuning)")
+    p.add_argument("--dice-weight", type=float, default=1.0,
+                   help="segmentor loss: BCE + this x soft Dice (default 1.0)")
     p.set_defaults(func=run)
     return p
 
@@ -75,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, steps=args.steps, batch=args.batch, patch_px=args.patch, seed=args.seed, lr=args.lr,
         warmup_steps=args.warmup, t_min=args.t_min, t_max=args.t_max, ckpt_every=args.ckpt_every,
         val_every=args.val_every, val_size=args.val_size, num_workers=workers, amp=not args.no_amp,
+        dice_weight=args.dice_weight, init_from=None if args.init_from is None else str(args.init_from),
     )
     backgrounds = None
     data_info: dict = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural backgrounds"}
