@@ -8,7 +8,7 @@ DEMO_OUT ?= out/demo
 
 .PHONY: demo test bench venv clean
 
-$(STAMP): pyproject.toml setup.py constraints.txt csrc/tiler.cpp
+$(STAMP): pyproject.toml setup.py constraints.txt csrc/tiler.cpp csrc/update.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel pybind11 -c constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,triton,ray]'

@@ -2,8 +2,10 @@
 # One call on a CUDA machine (torch + triton present, no package registry, maybe no pydicom/pybind11):
 # install, run the kernel and equivalence tests on CUDA, run the benchmarks, print a short table.
 # Usage (device tool): bash bench/gpu_check.sh   — outputs land in $OUT (or bench/gpu_out) as well.
-# Budget: under ~8 minutes on an H100 (each step has its own timeout; a step that runs out is cut and the
-# next one still runs). Issue 9: tests/test_gpu.py holds the CUDA-graph / bf16 / fp16 / host-sync / peak
+# Budget: under ~9 minutes in the worst case (install ≤ 75 s, + 60 s for the fallback build, tests ≤ 180 s,
+# benchmarks ≤ 220 s; each step is cut by SIGINT, so that pytest still prints its summary and pytest-benchmark
+# still writes the JSON of what ran, and the next step still runs); ~4-5 minutes expected on an H100.
+# Issue 9: tests/test_gpu.py holds the CUDA-graph / bf16 / fp16 / host-sync / peak
 # memory checks; bench/test_bench_stages.py the per-stage, end-to-end (full 3328×2560 fast fp32 + bf16;
 # fast vs reference on a 1024² crop, reference 1 round) and yardstick (matmul, copy, pinned H2D) groups.
 # The real background needs shared/data (MCGENREF_SHARED_DATA); without it the stages use a synthetic image.
@@ -14,18 +16,44 @@ mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 MCGENREF_KERNELS=auto
 [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
+timeout -k 10 75 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
+# The package maps mcgenref_fast.kernels onto kernels/ (pyproject package-dir): without a working editable
+# install (old setuptools, no `wheel`, ...) lay the tree out by hand and build the C++ tiler in place
+# (without pybind11 the numpy twin takes over).
+if ! python3 -c "import mcgenref_fast.kernels" 2>/dev/null; then
+  echo "editable install unusable: in-tree fallback (mcgenref_fast/kernels -> ../kernels, build_ext --inplace)"
+  [ -e mcgenref_fast/kernels ] || ln -s ../kernels mcgenref_fast/kernels
+  timeout -k 10 60 python3 setup.py -q build_ext --inplace 2>&1 | tail -3
+fi
 python3 - <<'PY' | tee "$OUT_DIR/device.txt"
 import torch, triton
 print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| triton", triton.__version__)
+try:
+    from mcgenref_fast import tiling
+    print("tiler:", tiling.backend().__name__)
+except Exception as exc:  # noqa: BLE001
+    print("tiler: unavailable", exc)
 PY
+# pyproject's addopts carry --benchmark-disable: without pytest-benchmark pytest would refuse every run
+BENCH=1
+PYTEST_OPTS=()
+if ! python3 -c "import pytest_benchmark" 2>/dev/null; then
+  BENCH=0
+  PYTEST_OPTS=(-o "addopts=-ra")
+  echo "pytest-benchmark missing: CUDA tests only (carry its wheel in .whl for the benchmarks)"
+fi
 echo "== CUDA tests"
-timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT_DIR/tests.txt" \
-  | grep -E "host syncs|peak GPU|passed|failed|error|Error" | tail -20
-echo "== benchmarks (kernels, stages + end to end + yardsticks)"
-timeout 230 python3 -m pytest -q -p no:cacheprovider bench/test_bench_kernels.py bench/test_bench_stages.py \
-  --benchmark-enable --benchmark-columns=median,iqr,rounds --benchmark-sort=name --benchmark-max-time=0.5 \
-  --benchmark-json="$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.txt" | grep -E "^(test_|Name|-)|passed|failed|skipped|error" | head -80
+timeout -s INT -k 15 180 python3 -m pytest -q -s -p no:cacheprovider ${PYTEST_OPTS[@]+"${PYTEST_OPTS[@]}"} \
+  tests/test_gpu.py 2>&1 \
+  | tee "$OUT_DIR/tests.txt" | grep -E "host syncs|peak GPU|passed|failed|FAILED|skipped|ERROR|Error" | tail -30
+if [ "$BENCH" = 1 ]; then
+  echo "== benchmarks (kernels, stages + end to end + yardsticks)"
+  # awk (not head): it reads to the end, so the pipe never closes under pytest (a closed pipe would kill tee)
+  timeout -s INT -k 20 220 python3 -m pytest -q -p no:cacheprovider bench/test_bench_kernels.py \
+    bench/test_bench_stages.py --benchmark-enable --benchmark-columns=median,iqr,rounds --benchmark-sort=name \
+    --benchmark-max-time=0.5 --benchmark-json="$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.txt" \
+    | grep -E "^(test_|Name|-)|passed|failed|FAILED|skipped|ERROR|Error" | awk 'NR <= 100'
+fi
 echo "== summary (medians, ms)"
 python3 - "$OUT_DIR/bench.json" <<'PY'
 import json, sys
@@ -40,4 +68,6 @@ for b in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"]))
     print(f"{(b['group'] or '') + ' / ' + b['name']:60.60s} {1e3 * b['stats']['median']:10.3f}  {extra}")
 PY
 echo "== rendered"
-python3 bench/render_bench.py "$OUT_DIR/bench.json" --out "$OUT_DIR/bench_report" 2>&1 | tail -1
+[ -f "$OUT_DIR/bench.json" ] \
+  && python3 bench/render_bench.py "$OUT_DIR/bench.json" --out "$OUT_DIR/bench_report" 2>&1 | tail -1
+exit 0

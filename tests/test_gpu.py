@@ -1,10 +1,10 @@
 """CUDA-only checks (skipped without a GPU): the compiled Triton kernels against their torch twins, and the
 fast refine against the reference on the GPU (SPEC §7, float32 with TF32 off). Run by bench/gpu_check.sh.
 
-Issue 9 (written without a GPU, not yet run): CUDA-graph replay vs eager (executor and refine, ≤ 1e-5),
-bf16 / fp16 refine vs a float64 reference (SPEC §7 low-precision rule), the whole refine's host syncs
-per outer iteration (the seed stages' fixed-shape routes take none), and peak GPU memory on a 2560×3328
-image at the default config."""
+Issue 9 (written without a GPU, not yet run): CUDA-graph replay vs eager (executor ≤ 1e-5 on full
+buckets, refine ≤ 1e-4), bf16 / fp16 refine vs a float64 reference (SPEC §7 low-precision rule), the whole
+refine's host syncs per outer iteration (the seed stages' fixed-shape routes take none), and peak GPU
+memory on a 2560×3328 image at the default config."""
 from __future__ import annotations
 
 import os
@@ -130,9 +130,12 @@ def _same_seeds(a, b) -> bool:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_executor_graph_replay_equals_eager(precision):
-    """Graph replay vs eager on the same inputs: ≤ 1e-5 in fp32; in bf16/fp16 ≤ 1e-5 when the batch fills
-    its bucket (same shapes, same kernels), ≤ 5e-2 when it is padded (cuDNN may pick other kernels for the
-    padded batch size, and low-precision rounding differs between kernels)."""
+    """Graph replay vs eager on the same inputs: ≤ 1e-5 when the batch fills its bucket (same shapes, same
+    kernels). A padded batch runs at another batch size than eager, and cuDNN may pick other kernels for
+    it: fp32 ≤ 1e-4 (SPEC §7's float32 tolerance; oneDNN on the CPU already differs by ~2e-5 between
+    batch 3 and 4 of this net), bf16/fp16 ≤ 8 ulp of the output scale (8·eps·max(1, max|eager|): a few
+    roundings of the low-precision activations; the CPU dry run saw ~1.5 ulp). Wrong padding or stale
+    static inputs give O(1) errors, far above both."""
     from mcgenref_fast.net_exec import ExecConfig, NetExecutor
 
     _, gen = _default_models()
@@ -145,8 +148,14 @@ def test_executor_graph_replay_equals_eager(precision):
             t = torch.full((n,), 0.775, device=CUDA)
             a, b = graphed(x, t), eager(x, t)
             assert a.dtype == torch.float32 and a.shape == (n, 1, 128, 128)
-            tol = 1e-5 if precision == "fp32" or n in (1, 4, 8) else 5e-2
-            assert (a - b).abs().max().item() <= tol, (n, precision)
+            if n in (1, 4, 8):
+                tol = 1e-5
+            elif precision == "fp32":
+                tol = 1e-4
+            else:
+                low = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+                tol = 8 * torch.finfo(low).eps * max(1.0, b.abs().max().item())
+            assert (a - b).abs().max().item() <= tol, (n, precision, (a - b).abs().max().item(), tol)
     assert graphed.replays == 6 and len(graphed.graphs) == 3 and eager.graphs == {}
 
 
@@ -158,7 +167,9 @@ def test_fast_refine_cuda_graphs_equal_eager():
     eager = refine(image, mask, seg, gen, cfg, seed=5, cuda_graphs=False)
     graphed = refine(image, mask, seg, gen, cfg, seed=5, cuda_graphs=True)
     assert _same_seeds(eager, graphed)
-    assert (eager.probability() - graphed.probability()).abs().max().item() <= 1e-5
+    # ≤ 1e-4 (SPEC §7's float32 tolerance), not 1e-5: the graphed calls run padded batches (z0: 6 tiles in
+    # bucket 8), and cuDNN may pick another kernel for that batch size (fp32 rounding, ~1e-5 on the logits)
+    assert (eager.probability() - graphed.probability()).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -195,7 +206,9 @@ def _n_syncs(log) -> int:
 
 def test_seed_stages_take_no_host_sync_and_equal_the_cpu_path():
     """`extract_seeds_fast` and `seed_maps` on CUDA take their fixed-shape routes: no host sync
-    (`torch.cuda.set_sync_debug_mode("warn")`), and the CPU compact path's seeds, S and W exactly."""
+    (`torch.cuda.set_sync_debug_mode("warn")`), the CPU compact path's seeds and d² exactly, and S and W
+    bit for bit equal to the same torch ops on the device; against the CPU's tables within 1e-6 only, since
+    CUDA's `d² / c` is `d² · (1/c)` (a CPU-scalar divisor) and its `exp` is not the CPU's (both ~1 ulp)."""
     import warnings
 
     from mcgenref_fast import refine as fast
@@ -229,9 +242,15 @@ def test_seed_stages_take_no_host_sync_and_equal_the_cpu_path():
     m = want.local.shape[1]
     assert torch.equal(got.counts.cpu(), want.counts) and torch.equal(got.origins.cpu(), want.origins)
     assert torch.equal(got.local[:, :m].cpu(), want.local) and bool((got.local[:, m:] == 0).all())
+    d2_cpu = ops_torch.seed_distance2(want.local, want.counts, 128)                              # C++, exact
+    assert torch.equal(ops_torch.seed_distance2_fixed(got.local, got.counts, 128).cpu(), d2_cpu)
+    s_ref, w_ref = ops_torch._seed_maps_from_d2(d2_cpu.to(CUDA), cfg.seed_sigma_px, cfg.blend_rho_px,
+                                                cfg.blend_gamma, index.valid)                # device ops
     s_cpu, w_cpu = fast.seed_maps(want.local, want.counts, 128, cfg, index_cpu.valid)           # C++ tables
     for s_map, w_map in ((s_dev, w_dev), (s_host, w_host)):
-        assert torch.equal(s_map.cpu(), s_cpu) and torch.equal(w_map.cpu(), w_cpu)
+        assert torch.equal(s_map, s_ref) and torch.equal(w_map, w_ref)
+        assert (s_map.cpu() - s_cpu).abs().max().item() <= 1e-6
+        assert (w_map.cpu() - w_cpu).abs().max().item() <= 1e-6
 
 
 def test_host_syncs_per_outer_iteration():
