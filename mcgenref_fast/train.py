@@ -482,6 +482,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, model_cfg: ModelConfig | Non
             "steps": trainer.step, "batch": cfg.batch, "patch_px": cfg.patch_px, "seed": cfg.seed, "lr": cfg.lr,
             "t_range": [cfg.t_min, cfg.t_max] if cfg.model == "generator" else None,
             "ema_decay": cfg.ema_decay if cfg.model == "generator" else None,
+            "dice_weight": cfg.dice_weight if cfg.model == "segmentor" else None,
+            "init_from": cfg.init_from,
             "elapsed_s": round(trainer.elapsed_s, 1), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.use_amp else "float32",
