@@ -85,8 +85,8 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= t_min <= t_max <= 1, got {self.t_min}, {self.t_max}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ConfigError("warmup_steps and num_workers must be >= 0")
-        if self.dice_weight < 0:
-            raise ConfigError(f"dice_weight must be >= 0, got {self.dice_weight}")
+        if not (math.isfinite(self.dice_weight) and self.dice_weight >= 0):    # NaN / inf: a NaN loss
+            raise ConfigError(f"dice_weight must be a finite number >= 0, got {self.dice_weight}")
 
 
 @dataclass(frozen=True)
@@ -259,6 +259,15 @@ class _Trainer:
         from mcgenref_fast.models.weights import load_model
 
         source = load_model(directory, self.cfg.model)
+        source_cfg = getattr(source, "cfg", None)
+        if source_cfg is not None and source_cfg != self.model_cfg:
+            # fields that change no tensor shape (norm groups, activation, padding, time scale) pass a strict
+            # load_state_dict silently, and the export would then record the wrong architecture
+            diff = {k: (v, getattr(self.model_cfg, k, None)) for k, v in config_to_dict(source_cfg).items()
+                    if getattr(self.model_cfg, k, None) != v}
+            raise ConfigError(f"--init-from {directory}: its {self.cfg.model} has another architecture than "
+                              f"this run's (field: theirs, this run's): {diff}; pass the same --base-width / "
+                              f"--depth")
         try:
             self.model.load_state_dict(source.state_dict(), strict=True)
         except RuntimeError as exc:

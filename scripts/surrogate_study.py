@@ -9,8 +9,10 @@ Only crops at 0.07 mm are used (the film crops' truth lies on their 0.2 mm grid)
 
 - true-MC pixels (the injected mask): mean p0 = sigmoid(f(I)) and mean y, and the share at ≥ 0.5 of each —
   TT-GPR can only raise recall where y > p0 on them;
-- false-positive pixels (p0 ≥ 0.5 farther than 7 px = 0.49 mm from any true-MC pixel): mean p0, mean y
-  and the share with y ≥ 0.5 — how strongly the surrogate pulls false positives down.
+- false-positive pixels (p0 ≥ 0.5 outside the 7-step 4-connected dilation of the true-MC pixels, i.e. more
+  than 7 px = 0.49 mm from every true-MC pixel in city-block distance: 0.49 mm along the axes, 0.35 mm on
+  the diagonal): mean p0, mean y and the share with y ≥ 0.5 — how strongly the surrogate pulls false
+  positives down.
 
 `--probe`: instead, the seed response on a flat field (mean 0.5, texture σ 0.02, 128² px, one seed dot in
 the centre and no MC): the projection's mean x̂ at the seed and 5 px away over 8 noise draws, and the
@@ -41,7 +43,7 @@ from mcgenref_fast.ops_torch import TileIndex
 from mcgenref_fast.refine_types import make_noise_canvas
 from mcgenref_fast.seeds_fast import extract_seeds_fast
 
-FP_DISTANCE_PX = 7          # a false-positive pixel lies farther than this from every true-MC pixel
+FP_DISTANCE_PX = 7          # a false-positive pixel lies farther than this (city-block px) from every true-MC pixel
 
 
 def crop_pixels(image: np.ndarray, breast: np.ndarray, truth: np.ndarray, segmentor: torch.nn.Module,
@@ -100,10 +102,15 @@ def parse_fields(text: str) -> dict[str, float]:
     kinds = {f.name: f.type for f in fields(RefineConfig)}
     out: dict[str, float] = {}
     for part in filter(None, text.split(",")):
-        key, value = part.split("=")
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise SystemExit(f"--set: expected field=value, got {part!r}")
         if key not in kinds:
             raise SystemExit(f"unknown RefineConfig field {key!r}")
-        out[key] = int(value) if kinds[key] in ("int", int) else float(value)
+        try:
+            out[key] = int(value) if kinds[key] in ("int", int) else float(value)
+        except ValueError:
+            raise SystemExit(f"--set {key}: not a number: {value!r}") from None
     return out
 
 
@@ -142,6 +149,9 @@ def main() -> None:
             skipped += 1            # film crops (0.2 mm): the truth is on the input grid, not the canonical one
             continue
         parts.append(crop_pixels(canonical.image, canonical.breast_mask, truth.mask, segmentor, generator, cfg))
+    if not parts:
+        raise SystemExit(f"{args.path}: no semi-real crop at 0.07 mm with injected MCs ({skipped} film crops "
+                         "skipped); make the development sets first: python scripts/make_dev_sets.py")
     p0_t, y_t, p0_f, y_f, peak = (np.concatenate([p[i] for p in parts]) for i in range(5))
     name = "shipped" if args.generator is None else str(args.generator)
     print(f"generator {name}, t0 {cfg.t0}, N {cfg.euler_steps}, {args.set or 'defaults'}, {len(parts)} crops at 0.07 mm "

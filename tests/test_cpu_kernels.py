@@ -163,6 +163,7 @@ def test_seed_distance2_cpp_equals_the_torch_loop(monkeypatch, n_tiles, max_seed
 
 @pytest.mark.parametrize("n_tiles,max_seeds,tile", [(5, 7, 37), (4, 2, 16), (3, 64, 64)])
 def test_seed_blend_maps_cpp_equals_the_torch_ops_and_the_reference(monkeypatch, n_tiles, max_seeds, tile):
+    monkeypatch.delenv("MCGENREF_SEEDS", raising=False)          # MCGENREF_SEEDS=fixed would bypass the C++ maps
     cfg = RefineConfig()
     local, counts = _random_seeds(n_tiles, max_seeds, tile, seed=tile)
     valid = torch.ones((n_tiles, tile, tile), dtype=torch.bool)

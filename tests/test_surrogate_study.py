@@ -50,6 +50,13 @@ def test_parse_fields() -> None:
         assert "nope" in str(exc)
     else:
         raise AssertionError("an unknown field must be refused")
+    for bad in ("t0", "t0=abc"):                      # no '=', not a number: a message, not a traceback
+        try:
+            study.parse_fields(bad)
+        except SystemExit as exc:
+            assert "t0" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} must be refused")
 
 
 def test_flat_field_probe_prints_both_rows(capsys) -> None:

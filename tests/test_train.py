@@ -200,3 +200,24 @@ def test_init_from_starts_from_exported_weights(tmp_path) -> None:
         _Trainer(_cfg("segmentor", init_from=str(out)), wider, tmp_path / "d", torch.device("cpu"))
     with pytest.raises(ConfigError, match="dice_weight"):
         _cfg("segmentor", dice_weight=-1.0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_dice_weight_must_be_finite(value) -> None:
+    with pytest.raises(ConfigError, match="dice_weight"):
+        _cfg("segmentor", dice_weight=value)
+
+
+def test_init_from_refuses_an_architecture_with_the_same_tensor_shapes(tmp_path) -> None:
+    """Norm groups / activation change no tensor shape, so a strict state-dict load alone accepts them: the
+    architecture check must still refuse them (the export would record the wrong architecture)."""
+    from dataclasses import replace as dc_replace
+
+    from mcgenref_fast.train import _Trainer
+
+    out = tmp_path / "weights"
+    train(_cfg("segmentor", steps=1), tmp_path / "a", model_cfg=TINY_SEG, dataset_factory=factory, device="cpu",
+          progress=False, export_to=out)
+    for other in (dc_replace(TINY_SEG, act="silu"), dc_replace(TINY_SEG, norm_groups=2)):
+        with pytest.raises(ConfigError, match="--init-from.*another architecture"):
+            _Trainer(_cfg("segmentor", init_from=str(out)), other, tmp_path / "b", torch.device("cpu"))
