@@ -426,8 +426,9 @@ def seed_blend_maps(local: torch.Tensor, counts: torch.Tensor, tile_px: int, sig
                 s_np, w_np = cpp.seed_maps(local.to(torch.int64).contiguous().numpy(),
                                            counts.to("cpu", torch.int64).contiguous().numpy(), int(tile_px),
                                            lut_s, lut_w, valid_np)
-            except ValueError:   # a seed outside its tile: d² beyond the tables, use the torch ops
-                pass
+            except ValueError as exc:   # a seed outside its tile: d² beyond the tables, use the torch ops
+                if "outside its tile" not in str(exc):
+                    raise                # a malformed argument (shapes): not something to fall back from
             else:
                 return torch.from_numpy(np.asarray(s_np)), torch.from_numpy(np.asarray(w_np))
     d2 = seed_distance2(local, counts, tile_px).to(local.device)

@@ -192,3 +192,18 @@ def test_seed_blend_maps_seed_outside_its_tile_falls_back_to_torch():
     torch.testing.assert_close(s_map[0], seed_dots(local[0], 32, cfg.seed_sigma_px), rtol=1e-6, atol=0)
     torch.testing.assert_close(w_map[0], blend_weight_map(local[0], 32, cfg.blend_rho_px, cfg.blend_gamma),
                                rtol=1e-6, atol=0)
+
+
+def test_seed_blend_maps_refuses_a_wrong_valid_shape_instead_of_falling_back() -> None:
+    """The C++ maps fall back to torch only for a seed outside its tile; a malformed `valid` is an error."""
+    cfg = RefineConfig()
+    local = torch.tensor([[[3, 4]]], dtype=torch.int64)
+    counts = torch.tensor([1], dtype=torch.int64)
+    bad_valid = torch.ones((1, 8, 9), dtype=torch.bool)
+    with pytest.raises(ValueError, match="valid"):
+        ops_torch.seed_blend_maps(local, counts, 8, cfg.seed_sigma_px, cfg.blend_rho_px, cfg.blend_gamma,
+                                  bad_valid, fixed_shape=False)
+    outside = torch.tensor([[[3, 20]]], dtype=torch.int64)     # outside an 8 px tile: the torch ops take it
+    s, w = ops_torch.seed_blend_maps(outside, counts, 8, cfg.seed_sigma_px, cfg.blend_rho_px, cfg.blend_gamma,
+                                     fixed_shape=False)
+    assert s.shape == w.shape == (1, 8, 8) and float(w.max()) > 0
