@@ -88,3 +88,22 @@ def config_hash(*cfgs: Any) -> str:
     """Stable sha256 (first 16 hex digits) of one or more config dataclasses."""
     blob = json.dumps([{type(c).__name__: config_to_dict(c)} for c in cfgs], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def parse_refine_overrides(text: str) -> dict[str, int | float]:
+    """`"t0=0.85,euler_steps=8"` → RefineConfig field overrides (int fields as int, others float; empty
+    text → {}). ValueError naming the bad part for a missing `=`, an unknown field or a non-number."""
+    kinds = {f.name: f.type for f in dataclasses.fields(RefineConfig)}
+    out: dict[str, int | float] = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected field=value, got {part!r}")
+        if key not in kinds:
+            raise ValueError(f"unknown RefineConfig field {key!r}")
+        try:
+            out[key] = int(value) if kinds[key] in ("int", int) else float(value)
+        except ValueError:
+            raise ValueError(f"{key}: not a number: {value!r}") from None
+    return out
+

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from mcgenref_fast import tiling_numpy
+from mcgenref_fast.net_exec import upload
 from mcgenref_fast.config import RefineConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -293,8 +294,8 @@ def seed_distance2(local: torch.Tensor, counts: torch.Tensor, tile_px: int) -> t
     tile q (`local` (c, m, 2) tile-local (row, col) px, integers), +inf for a tile without seeds.
 
     Integer coordinates make every d² exact in float32, so the C++ extension's `seed_dist2` (on the CPU,
-    OpenMP over tiles) and the torch loop below give identical results. The torch loop visits the tiles in
-    decreasing seed count, so seed slot s only touches the tiles that have more than s seeds.
+    OpenMP over tiles) and the torch loop of `seed_distance2_fixed` (elsewhere, or without the extension)
+    give identical results.
     """
     c = int(local.shape[0])
     device = local.device
@@ -304,26 +305,7 @@ def seed_distance2(local: torch.Tensor, counts: torch.Tensor, tile_px: int) -> t
             counts_np = counts.to("cpu", torch.int64).contiguous().numpy()
             local_np = local.to(torch.int64).contiguous().numpy()
             return torch.from_numpy(np.asarray(cpp.seed_dist2(local_np, counts_np, int(tile_px))))
-    if device.type != "cpu":
-        return seed_distance2_fixed(local, counts, tile_px)               # no host sync (CUDA)
-    d2 = torch.full((c, tile_px, tile_px), float("inf"), dtype=torch.float32, device=device)
-    counts_cpu = counts.cpu()
-    if c and int(counts_cpu.max()) > 0:
-        counts_sorted, perm = torch.sort(counts_cpu, descending=True, stable=True)
-        n_with = [int((counts_sorted > s).sum()) for s in range(int(counts_sorted[0]))]
-        perm_dev = perm.to(device)
-        seeds = local[perm_dev].to(torch.float32)
-        coords = torch.arange(tile_px, dtype=torch.float32, device=device)
-        d2_sorted = d2                                     # in the sorted order, then scattered back
-        tmp = torch.empty_like(d2_sorted)
-        for s, k in enumerate(n_with):
-            dy = coords[None, :] - seeds[:k, s, 0, None]                                      # (k, T)
-            dx = coords[None, :] - seeds[:k, s, 1, None]
-            torch.add((dy * dy)[:, :, None], (dx * dx)[:, None, :], out=tmp[:k])
-            torch.minimum(d2_sorted[:k], tmp[:k], out=d2_sorted[:k])
-        d2 = torch.empty_like(d2_sorted)
-        d2[perm_dev] = d2_sorted
-    return d2
+    return seed_distance2_fixed(local, counts, tile_px)   # no host sync on CUDA; same exact values
 
 
 SEEDS_ENV_VAR = "MCGENREF_SEEDS"
@@ -344,15 +326,6 @@ def fixed_shape_seeds(device: torch.device | str, fixed_shape: bool | None = Non
     if choice == "auto":
         return torch.device(device).type == "cuda"
     return choice == "fixed"
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`t` on `device`; CPU → CUDA through pinned memory, non_blocking (no host sync; `net_exec.upload`)."""
-    if t.device == device:
-        return t
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def seed_distance2_fixed(local: torch.Tensor, counts: torch.Tensor, tile_px: int, *,
@@ -382,7 +355,7 @@ def seed_distance2_fixed(local: torch.Tensor, counts: torch.Tensor, tile_px: int
         if bool((host[1:] <= host[:-1]).all()):        # non-increasing: slot s touches a prefix only
             rows = [int((host > s).sum()) for s in range(n_slots)]
         rows = rows[:n_slots]
-    counts_dev = _to_device(counts, device).to(torch.int64)
+    counts_dev = upload(counts, device).to(torch.int64)
     seeds = local.to(torch.float32)
     coords = torch.arange(tile_px, dtype=torch.float32, device=device)
     slots = torch.arange(width, device=device)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from mcgenref_fast import ops, tiling
 from mcgenref_fast import refine as fast
-from mcgenref_fast.config import RefineConfig
+from mcgenref_fast.config import RefineConfig, parse_refine_overrides
 from mcgenref_fast.evaluation.datasets import load_dataset
 from mcgenref_fast.models.weights import load_default_models, load_model
 from mcgenref_fast.ops_torch import TileIndex
@@ -98,20 +98,11 @@ def flat_field_probe(segmentor: torch.nn.Module, generator: torch.nn.Module, cfg
 
 
 def parse_fields(text: str) -> dict[str, float]:
-    """`a=1,b=0.5` → RefineConfig overrides (int fields as int)."""
-    kinds = {f.name: f.type for f in fields(RefineConfig)}
-    out: dict[str, float] = {}
-    for part in filter(None, text.split(",")):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise SystemExit(f"--set: expected field=value, got {part!r}")
-        if key not in kinds:
-            raise SystemExit(f"unknown RefineConfig field {key!r}")
-        try:
-            out[key] = int(value) if kinds[key] in ("int", int) else float(value)
-        except ValueError:
-            raise SystemExit(f"--set {key}: not a number: {value!r}") from None
-    return out
+    """`a=1,b=0.5` → RefineConfig overrides (`config.parse_refine_overrides`); a bad part exits with why."""
+    try:
+        return parse_refine_overrides(text)
+    except ValueError as exc:
+        raise SystemExit(f"--set: {exc}") from None
 
 
 def main() -> None:

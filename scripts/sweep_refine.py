@@ -7,10 +7,10 @@ Each `--set` is one run: comma-separated `RefineConfig` fields (numbers), e.g. `
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
-from mcgenref_fast.config import RefineConfig
+from mcgenref_fast.config import RefineConfig, parse_refine_overrides
 from mcgenref_fast.evaluation.datasets import load_dataset
 from mcgenref_fast.evaluation.report import build_results, write_results
 from mcgenref_fast.evaluation.runner import EvalSettings, run_eval
@@ -19,14 +19,11 @@ from mcgenref_fast.threads import set_threads
 
 
 def parse_setting(text: str) -> dict[str, float]:
-    types = {f.name: f.type for f in fields(RefineConfig)}
-    out: dict[str, float] = {}
-    for part in text.split(","):
-        key, value = part.split("=")
-        if key not in types:
-            raise SystemExit(f"unknown RefineConfig field {key!r}")
-        out[key] = int(value) if types[key] in ("int", int) else float(value)
-    return out
+    """One `--set` (`config.parse_refine_overrides`); a bad part exits with why."""
+    try:
+        return parse_refine_overrides(text)
+    except ValueError as exc:
+        raise SystemExit(f"--set {text!r}: {exc}") from None
 
 
 def main() -> None:
