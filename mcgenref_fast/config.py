@@ -77,6 +77,11 @@ class FindingsConfig:
     regional_extent_mm: float = 20.0
     cluster_score_top_k: int = 5
     threshold: float = 0.5
+    # MCs whose centroid lies within this distance (mm) of the breast outline (the skin line, or the image
+    # edge where the breast meets it) are reported with `at_outline` and kept out of clusters: the skin is
+    # about 2 mm thick and calcifications in it are dermal (benign), and the outline is where film edges,
+    # skin folds and the bright film border make false clusters. 0 turns the rule off.
+    outline_margin_mm: float = 2.0
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -137,6 +137,8 @@ class MC:
     bbox_px: tuple[int, int, int, int]
     large: bool
     cluster_id: Optional[int] = None
+    at_outline: bool = False  # centroid within `FindingsConfig.outline_margin_mm` of the breast outline
+
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -151,6 +153,7 @@ class MC:
             "contrast": self.contrast,
             "bbox_canonical_px": list(self.bbox_px),
             "large": self.large,
+            "at_outline": self.at_outline,
             "cluster_id": self.cluster_id,
         }
 
@@ -413,12 +416,15 @@ def extract_findings(
     image: Optional[np.ndarray] = None,
     to_input: Optional[ToInput] = None,
     cfg: FindingsConfig = FindingsConfig(),
+    breast: Optional[np.ndarray] = None,
 ) -> Findings:
     """MCs, large components and clusters of a canonical mask (SPEC §6).
 
     prob: (H, W) probability map (score = its max over a component); mask: (H, W) bool;
     spacing_mm: canonical pixel pitch; image: canonical image for contrast (optional);
-    to_input: maps canonical `(n, 2)` (row, col) px to input px (e.g. `CanonicalImage.points_to_input`).
+    to_input: maps canonical `(n, 2)` (row, col) px to input px (e.g. `CanonicalImage.points_to_input`);
+    breast: (H, W) bool breast mask — with it, MCs within `cfg.outline_margin_mm` of its outline (or of the
+    image edge) are marked `at_outline` and kept out of clusters; without it no MC is.
     """
     prob = np.asarray(prob)
     mask = np.asarray(mask, dtype=bool)
@@ -428,6 +434,8 @@ def extract_findings(
         raise ValueError(f"image shape {np.shape(image)} differs from mask shape {mask.shape}")
     if not spacing_mm > 0:
         raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
+    if breast is not None and np.shape(breast) != mask.shape:
+        raise ValueError(f"breast mask shape {np.shape(breast)} differs from mask shape {mask.shape}")
     labels, n = label_components(mask)
     cp = component_pixels(labels, n)
     st = _component_stats(cp, prob, None if image is None else np.asarray(image))
@@ -436,13 +444,15 @@ def extract_findings(
     is_large = diameter_mm > cfg.large_diameter_mm
     cent_in = _map_points(to_input, st.centroid) if n else None
 
+    at_outline = _near_outline(st.centroid, breast, spacing_mm, cfg.outline_margin_mm)
     small = np.flatnonzero(~is_large)
-    grp = _single_linkage_groups(cp, st, small, cfg.cluster_link_mm / spacing_mm)
+    clusterable = small[~at_outline[small]]
+    grp = _single_linkage_groups(cp, st, clusterable, cfg.cluster_link_mm / spacing_mm)
     cluster_of = np.full(n, -1, dtype=np.int64)
     clusters: list[Cluster] = []
-    if small.size:
+    if clusterable.size:
         sizes = np.bincount(grp)
-        groups = [np.sort(small[grp == g]) for g in np.flatnonzero(sizes >= cfg.cluster_min_mcs)]
+        groups = [np.sort(clusterable[grp == g]) for g in np.flatnonzero(sizes >= cfg.cluster_min_mcs)]
         groups.sort(key=lambda g: int(g[0]))  # by their first MC in raster order
         for cid, mem in enumerate(groups, start=1):
             cluster_of[mem] = cid
@@ -462,6 +472,7 @@ def extract_findings(
             bbox_px=tuple(int(v) for v in st.bbox[k]),  # type: ignore[arg-type]
             large=bool(is_large[k]),
             cluster_id=None if cluster_of[k] < 0 else int(cluster_of[k]),
+            at_outline=bool(at_outline[k]),
         )
 
     mcs = tuple(make_mc(k) for k in small)
@@ -469,6 +480,22 @@ def extract_findings(
     flagged = any(c.score >= cfg.threshold for c in clusters)
     return Findings(float(spacing_mm), (int(mask.shape[0]), int(mask.shape[1])), mcs, large, tuple(clusters),
                     bool(flagged), cfg)
+
+
+def _near_outline(centroids_px: np.ndarray, breast: Optional[np.ndarray], spacing_mm: float,
+                  margin_mm: float) -> np.ndarray:
+    """(n,) bool: the centroid's pixel lies within `margin_mm` of the breast outline, i.e. of a pixel outside
+    the breast mask or outside the image (Euclidean distance between pixel centres, mm). All False without a
+    breast mask or with a zero margin."""
+    n = centroids_px.shape[0]
+    if breast is None or not margin_mm > 0 or n == 0:
+        return np.zeros(n, dtype=bool)
+    inside = np.pad(np.asarray(breast, dtype=bool), 1, mode="constant", constant_values=False)
+    dist_mm = ndi.distance_transform_edt(inside, sampling=spacing_mm)[1:-1, 1:-1]
+    h, w = dist_mm.shape
+    r = np.clip(np.rint(centroids_px[:, 0]).astype(np.int64), 0, h - 1)
+    c = np.clip(np.rint(centroids_px[:, 1]).astype(np.int64), 0, w - 1)
+    return dist_mm[r, c] <= margin_mm + _DIST_EPS_PX * spacing_mm
 
 
 def _make_cluster(cid: int, mem: np.ndarray, cp: ComponentPixels, st: _Stats, spacing_mm: float,
@@ -499,4 +526,5 @@ def extract_findings_canonical(prob: np.ndarray, mask: np.ndarray, canonical: An
                                cfg: FindingsConfig = FindingsConfig()) -> Findings:
     """`extract_findings` for a `CanonicalImage` (uses its spacing_mm, image and points_to_input)."""
     return extract_findings(prob, mask, canonical.spacing_mm, image=canonical.image,
-                            to_input=canonical.points_to_input, cfg=cfg)
+                            to_input=canonical.points_to_input, cfg=cfg,
+                            breast=getattr(canonical, "breast_mask", None))

@@ -165,7 +165,8 @@ class Engine:
         mask = (prob >= threshold) & canonical.breast_mask
         findings = extract_findings(prob, mask, canonical.spacing_mm, image=canonical.image,
                                     to_input=canonical.points_to_input,
-                                    cfg=replace(self.cfg.findings, threshold=threshold))
+                                    cfg=replace(self.cfg.findings, threshold=threshold),
+                                    breast=canonical.breast_mask)
         timings["findings_s"] = time.perf_counter() - t
         return Analysis(canonical, prob, mask, findings, timings, n_tiles, diagnostics)
 

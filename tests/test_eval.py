@@ -220,3 +220,30 @@ def test_clusters_matching_an_ignored_site_are_not_false_positives() -> None:
                   ignore_centres_rc_px=np.array([[100.0, 104.0]]), ignore_radii_px=np.array([3.0]))
     m = cluster_match(F(), truth, 0.1, 5.0)
     assert m.n_true == 1 and m.n_found == 1 and m.n_pred == 2 and m.n_fp == 1
+
+
+def test_new_findings_settings_rescore_cached_maps_without_the_networks(tmp_path: Path) -> None:
+    """The map cache key leaves the findings settings out; the record key keeps them."""
+    from dataclasses import replace
+
+    from mcgenref_fast.config import FindingsConfig
+
+    data = make_synthetic_set(tmp_path / "syn")
+    items = load_dataset("synthetic", data)
+    out = tmp_path / "out"
+    r1 = run_eval(items, {"tophat": tophat_engine()}, out, log=lambda s: None)
+    other = CountingEngine(replace(EngineConfig(method="tophat"), findings=FindingsConfig(outline_margin_mm=0.0)))
+    r2 = run_eval(items, {"tophat": other}, out, log=lambda s: None)
+    assert other.calls == 0 and r2.methods["tophat"].prob_cached == 3 and r2.methods["tophat"].metrics_cached == 0
+    k1 = [r["record_key"] for r in r1.methods["tophat"].records]
+    k2 = [r["record_key"] for r in r2.methods["tophat"].records]
+    assert [r["prob_key"] for r in r1.methods["tophat"].records] == [r["prob_key"] for r in r2.methods["tophat"].records]
+    assert not set(k1) & set(k2)
+
+
+def test_eval_refuses_a_negative_outline_margin(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = make_synthetic_set(tmp_path / "syn", n=1)
+    code = main(["eval", "--method", "tophat", "--dataset", "synthetic", str(data), "--out", str(tmp_path / "o"),
+                 "--outline-margin", "-1"])
+    assert code != 0
+    assert "--outline-margin must be a finite distance >= 0 mm" in capsys.readouterr().err

@@ -251,3 +251,56 @@ def test_full_mammogram_with_thousands_of_components_is_fast() -> None:
     elapsed = time.perf_counter() - t
     assert len(f.mcs) + len(f.large) == label_components(mask)[1]
     assert elapsed < 3.0, f"extract_findings took {elapsed:.2f} s"
+
+
+# --------------------------------------------------------------------------------------------------
+# Outline rule: MCs near the skin line or the image edge stay out of clusters
+# --------------------------------------------------------------------------------------------------
+def _outline_case() -> np.ndarray:
+    """A breast filling rows ≥ 40 of a 200×400 image."""
+    breast = np.zeros((200, 400), dtype=bool)
+    breast[40:, :] = True
+    return breast
+
+
+@pytest.mark.parametrize("row, near", [(41, True), (66, True), (67, False), (120, False)])
+def test_mcs_within_the_outline_margin_are_kept_out_of_clusters(row: int, near: bool) -> None:
+    breast = _outline_case()
+    m = _chain(breast.shape, 6, 10, row=row, col0=100)  # centroid row = row + 0.5
+    f = extract_findings(m.astype(np.float32), m, H, breast=breast)  # default margin 2 mm = 28.6 px
+    # centroid row + 0.5 rounds half to even (66.5 → 66, 67.5 → 68); its distance to row 39 (outside the
+    # breast) is 27 px = 1.89 mm (≤ 2 mm) for row 66 and 29 px = 2.03 mm for row 67
+    assert [mc.at_outline for mc in f.mcs] == [near] * 6
+    assert len(f.clusters) == (0 if near else 1)
+    assert f.flagged is (not near)
+    assert all(d["at_outline"] is near for d in f.to_dict()["mcs"])
+
+
+def test_outline_rule_counts_the_image_edge_and_can_be_turned_off() -> None:
+    breast = np.ones((200, 400), dtype=bool)
+    m = _chain(breast.shape, 6, 10, row=5, col0=100)  # 0.4 mm from the top edge of the image
+    assert extract_findings(m.astype(np.float32), m, H, breast=breast).clusters == ()
+    off = extract_findings(m.astype(np.float32), m, H, breast=breast, cfg=FindingsConfig(outline_margin_mm=0.0))
+    assert len(off.clusters) == 1 and not any(mc.at_outline for mc in off.mcs)
+    no_breast = extract_findings(m.astype(np.float32), m, H)  # no breast mask: no outline, old behaviour
+    assert len(no_breast.clusters) == 1
+
+
+def test_outline_members_do_not_link_a_cluster() -> None:
+    """Five interior MCs still form a cluster; an MC at the outline neither joins nor bridges it."""
+    breast = np.zeros((300, 400), dtype=bool)
+    breast[:, 50:] = True
+    m = _chain(breast.shape, 5, 20, row=150, col0=150)
+    m[150:152, 55:57] = True  # 0.35 mm from the outline, 94 px (6.6 mm) left of the chain: can't link
+    f = extract_findings(m.astype(np.float32), m, H, breast=breast)
+    assert len(f.clusters) == 1 and len(f.clusters[0].mc_ids) == 5
+    assert sum(mc.at_outline for mc in f.mcs) == 1
+    m4 = _chain(breast.shape, 4, 20, row=150, col0=70)  # four MCs, the first 20 px (1.4 mm) from the outline
+    f4 = extract_findings(m4.astype(np.float32), m4, H, breast=breast)
+    assert [mc.at_outline for mc in f4.mcs] == [True, False, False, False] and f4.clusters == ()
+
+
+def test_breast_mask_of_another_shape_is_refused() -> None:
+    m = np.zeros((20, 20), dtype=bool)
+    with pytest.raises(ValueError, match="breast mask shape"):
+        extract_findings(m.astype(np.float32), m, H, breast=np.ones((20, 21), dtype=bool))

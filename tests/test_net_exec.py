@@ -4,6 +4,9 @@ eager CPU path (bit-identical to calling the network), the precision checks, and
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 from dataclasses import replace
 
 import pytest
@@ -162,10 +165,14 @@ def test_engine_precision_errors_and_stable_hash():
         Engine(replace(EngineConfig(), precision="bf16"), seg, gen, device="cpu")
     with pytest.raises(ConfigError, match="must be one of"):
         Engine(replace(EngineConfig(), precision="fp8"), seg, gen, device="cpu")  # type: ignore[arg-type]
-    # the fp32 hash is the one from before the precision field existed (findings.json, screen journals)
-    assert engine_config_hash(EngineConfig()) == "93eebf57a27da50d"
-    assert Engine(EngineConfig(), seg, gen, device="cpu").config_hash == "93eebf57a27da50d"
-    assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != "93eebf57a27da50d"
+    # fp32 leaves `precision` out of the hash: the hash without the field, pinned (findings.json, screen
+    # journals). It moves only when a default that changes outputs does (last: FindingsConfig.outline_margin_mm).
+    legacy = dataclasses.asdict(EngineConfig())
+    del legacy["precision"]
+    blob = json.dumps([{"EngineConfig": legacy}], sort_keys=True, default=str)
+    assert engine_config_hash(EngineConfig()) == hashlib.sha256(blob.encode()).hexdigest()[:16] == "7de200d2492d9bad"
+    assert Engine(EngineConfig(), seg, gen, device="cpu").config_hash == "7de200d2492d9bad"
+    assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != "7de200d2492d9bad"
 
 
 def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):

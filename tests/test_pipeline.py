@@ -129,3 +129,19 @@ def test_demo_fallback_sample_is_a_readable_mammogram_with_a_cluster(tmp_path: P
     assert len(result.findings.mcs) >= 3
     rows = [mc.centroid_input_px[0] for mc in result.findings.mcs]
     assert any(400 <= r <= 656 for r in rows)  # the injected 256² patch starts at row 400
+
+
+def test_engine_keeps_mcs_at_the_breast_outline_out_of_clusters(tmp_path: Path) -> None:
+    """The Engine hands its breast mask to the findings: with a margin wider than the breast every MC is at
+    the outline and no cluster remains; with the rule off the specks cluster."""
+    from mcgenref_fast.canonical import to_canonical
+    from mcgenref_fast.config import FindingsConfig
+    from mcgenref_fast.io import read_mammogram
+
+    src = tmp_path / "case.png"
+    Image.fromarray(phantom_with_mcs()).save(src)
+    canonical = to_canonical(read_mammogram(src, spacing_mm=0.1))
+    off = tiny_engine("tophat", findings=FindingsConfig(outline_margin_mm=0.0)).analyse(canonical)
+    wide = tiny_engine("tophat", findings=FindingsConfig(outline_margin_mm=100.0)).analyse(canonical)
+    assert len(off.findings.clusters) >= 1 and not any(m.at_outline for m in off.findings.mcs)
+    assert wide.findings.clusters == () and wide.findings.mcs and all(m.at_outline for m in wide.findings.mcs)

@@ -498,3 +498,52 @@ def test_synth_command_full_field(tmp_path: Path) -> None:
     if not hasattr(io_mod, "read_mammogram"):
         pytest.skip("io.read_mammogram not available yet")
     _run_full_field_command(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# MCs on film: the MC layer sampled on the source's own grid (SynthConfig.match_source_sampling)
+# --------------------------------------------------------------------------------------------------
+def test_source_grid_keeps_a_flat_layer_and_blurs_a_speck() -> None:
+    from mcgenref_fast.synth.pair import sample_on_source_grid
+
+    b = np.full((128, 128), 0.3, np.float32)
+    flat = sample_on_source_grid(b + 0.1, b, 0.07, 0.2)  # a constant layer passes unchanged
+    np.testing.assert_allclose(flat, b + 0.1, atol=1e-5)
+    speck = b.copy()
+    speck[60:62, 60:62] += 0.4  # 0.14 mm speck
+    film = sample_on_source_grid(speck, b, 0.07, 0.2)
+    layer = film - b
+    assert layer.max() < 0.25  # spread over a 0.2 mm pixel: lower peak ...
+    assert (layer > 0.02).sum() > 4  # ... wider footprint
+    assert abs(layer.sum() - 4 * 0.4) < 0.05 * 4 * 0.4  # the speck's integral is kept (area average, cubic back)
+    assert film.min() >= 0.0 and film.dtype == np.float32
+
+
+def test_make_pair_samples_mcs_on_a_film_grid_only_when_coarser() -> None:
+    cfg = SynthConfig(p_negative=0.0)
+    b = (0.4 + 0.02 * powerlaw_noise(np.random.default_rng(1), (96, 96), 3.0)).astype(np.float32)
+    plain = make_pair(np.random.default_rng(7), cfg, 96, background=b)
+    ffdm = make_pair(np.random.default_rng(7), cfg, 96, background=b, source_spacing_mm=0.08)  # < 1.25 × 0.07
+    film = make_pair(np.random.default_rng(7), cfg, 96, background=b, source_spacing_mm=0.2)
+    assert np.array_equal(plain.image, ffdm.image)
+    assert np.array_equal(plain.mask, film.mask) and np.array_equal(plain.background, film.background)
+    hp = lambda x: np.abs(np.diff(x - b, axis=1)).mean()  # pixel-to-pixel roughness of the MC layer
+    assert hp(film.image) < 0.6 * hp(plain.image)
+
+
+def test_dataset_uses_the_source_pitch_of_real_backgrounds() -> None:
+    from mcgenref_fast.synth.dataset import draw_item
+
+    can = _disc_canonical()
+    can.input_spacing_mm = 0.2
+    base = SynthConfig(p_real_background=1.0, p_negative=0.0)
+    on = dataclasses.replace(base, match_source_sampling=True)
+    sampler = RealNegativeSampler.from_canonical([can])
+    patch, pitch = sampler.sample_with_source(np.random.default_rng(3), 64)
+    assert pitch == 0.2 and np.array_equal(patch, sampler.sample(np.random.default_rng(3), 64))
+    a, seeds_a = draw_item(5, 0, 64, base, sampler)
+    c, seeds_c = draw_item(5, 0, 64, on, sampler)
+    assert np.array_equal(a.mask, c.mask) and np.array_equal(seeds_a, seeds_c)  # same draws
+    assert not np.array_equal(a.image, c.image)
+    assert RealNegativeSampler.from_canonical([_disc_canonical()]).sample_with_source(
+        np.random.default_rng(3), 64)[1] is None  # pitch unknown: nothing to match

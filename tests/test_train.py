@@ -179,6 +179,30 @@ def test_cli_train_command(tmp_path, monkeypatch, capsys) -> None:
     assert manifest["models"]["generator"]["training"]["data"].startswith("mcgenref_fast.synth")
 
 
+def test_cli_match_source_sampling_reaches_the_data_and_the_manifest(tmp_path, monkeypatch, capsys) -> None:
+    import argparse
+
+    import mcgenref_fast.train as train_mod
+    from mcgenref_fast.commands import train as train_cmd
+
+    seen = []
+
+    def capture(backgrounds=None, synth_cfg=None):
+        seen.append(synth_cfg)
+        return factory
+
+    monkeypatch.setattr(train_mod, "synth_dataset_factory", capture)
+    parser = argparse.ArgumentParser()
+    train_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "segmentor", "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2",
+                              "--patch", "16", "--device", "cpu", "--val-size", "2", "--base-width", "4", "--depth",
+                              "1", "--no-progress", "--export-to", str(tmp_path / "w"), "--match-source-sampling"])
+    assert args.func(args) == 0
+    assert seen and seen[0].match_source_sampling and seen[0].real_min_breast_fraction == 1.0
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert manifest["models"]["segmentor"]["training"]["match_source_sampling"] is True
+
+
 def test_init_from_starts_from_exported_weights(tmp_path) -> None:
     """`init_from`: a fine-tuning run starts from the weights directory's model (checked on step 0's state);
     a mismatched architecture is a ConfigError that names the flag."""

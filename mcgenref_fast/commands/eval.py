@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mcgenref_fast.commands.segment import add_outline_margin_option, findings_config
 from mcgenref_fast.errors import ConfigError
 
 
@@ -47,6 +48,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="use the pure-PyTorch reference TT-GPR (slow)")
     p.add_argument("--float16-cache", action="store_true",
                    help="store probability maps as float16 (rounded toward 0: exact for float16 thresholds)")
+    add_outline_margin_option(p)
     p.set_defaults(func=run)
     return p
 
@@ -68,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         raise ConfigError(f"{path}: no images to evaluate (split {args.split!r})")
     splits_csv = args.splits if args.splits is not None else (find_splits(path) if kind == "mias" else None)
-    engines = {m: make_engine(m, device=args.device, seed=args.seed, reference=args.reference) for m in methods}
+    findings = findings_config(args.outline_margin)
+    engines = {m: make_engine(m, device=args.device, seed=args.seed, reference=args.reference, findings=findings)
+               for m in methods}
     run_ = run_eval(items, engines, args.out, settings)
     dataset = {"kind": kind, "path": str(path), "n_items": len(items), "limit": args.limit,
                "split": args.split if splits_csv is not None else None,

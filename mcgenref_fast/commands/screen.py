@@ -18,7 +18,7 @@ from typing import Any
 from mcgenref_fast.commands.segment import add_common_options, engine_from_args
 from mcgenref_fast.errors import ConfigError
 
-_ENGINE_OPTIONS = ("method", "no_refine", "reference", "seed", "no_seg", "device", "precision")
+_ENGINE_OPTIONS = ("method", "no_refine", "reference", "seed", "no_seg", "device", "precision", "outline_margin")
 
 
 def make_engine(options: dict[str, Any], device: str | None = None) -> Any:

@@ -28,15 +28,40 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-for-processing", action="store_true",
                    help="accept FOR PROCESSING DICOMs (applies -log of the normalised detector signal)")
     p.add_argument("--no-seg", action="store_true", help="do not write seg.dcm for DICOM inputs")
+    add_outline_margin_option(p)
+
+
+def add_outline_margin_option(p: argparse.ArgumentParser) -> None:
+    """`--outline-margin MM` (FindingsConfig.outline_margin_mm), shared with `eval`."""
+    from mcgenref_fast.config import FindingsConfig
+
+    default = FindingsConfig().outline_margin_mm
+    p.add_argument("--outline-margin", type=float, default=default, metavar="MM",
+                   help="MCs within this distance (mm) of the breast outline (skin line or image edge) are "
+                        f"reported but kept out of clusters; 0 turns it off (default {default:g})")
+
+
+def findings_config(margin_mm: float) -> Any:
+    """The default FindingsConfig with `--outline-margin`; ConfigError for a negative or non-finite margin."""
+    import math
+
+    from mcgenref_fast.config import FindingsConfig
+    from mcgenref_fast.errors import ConfigError
+
+    if not (math.isfinite(margin_mm) and margin_mm >= 0):
+        raise ConfigError(f"--outline-margin must be a finite distance >= 0 mm, got {margin_mm}")
+    return replace(FindingsConfig(), outline_margin_mm=float(margin_mm))
 
 
 def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
     """Build the Engine the options describe."""
+    from mcgenref_fast.config import FindingsConfig
     from mcgenref_fast.pipeline import Engine, EngineConfig
 
     method = "tophat" if args.method == "tophat" else ("initializer" if args.no_refine else "gpr")
     cfg = replace(EngineConfig(), method=method, implementation="reference" if args.reference else "fast",
-                  seed=args.seed, write_seg=not args.no_seg, precision=getattr(args, "precision", "fp32"))
+                  seed=args.seed, write_seg=not args.no_seg, precision=getattr(args, "precision", "fp32"),
+                  findings=findings_config(getattr(args, "outline_margin", FindingsConfig().outline_margin_mm)))
     return Engine(cfg, device=args.device, progress=progress)
 
 

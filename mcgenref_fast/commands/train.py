@@ -29,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--real-min-breast-fraction", type=float, metavar="F",
                    help="share of a real background patch that must lie inside the breast mask (default: "
                    "SynthConfig's 1.0); below 1, patches straddling the skin line are drawn too")
+    p.add_argument("--match-source-sampling", action="store_true",
+                   help="form the MCs on a real background's own pixel grid too when it is coarser than "
+                   "canonical (film digitised at 0.2 mm: MCs blurred as the film records them)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--threads", type=int, help="CPU threads for torch / OpenMP")
     p.add_argument("--workers", type=int, default=-1, help="data-loading processes (default: 0 on CPU, "
@@ -88,11 +91,16 @@ def run(args: argparse.Namespace) -> int:
         data_info = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural + real backgrounds",
                      "backgrounds_split": str(args.backgrounds_split), "backgrounds": len(backgrounds)}
     synth_cfg = None
-    if args.real_min_breast_fraction is not None:
+    if args.real_min_breast_fraction is not None or args.match_source_sampling:
         from mcgenref_fast.synth import SynthConfig
 
-        synth_cfg = dataclasses.replace(SynthConfig(), real_min_breast_fraction=args.real_min_breast_fraction)
-        data_info["real_min_breast_fraction"] = args.real_min_breast_fraction
+        synth_cfg = SynthConfig()
+        if args.real_min_breast_fraction is not None:
+            synth_cfg = dataclasses.replace(synth_cfg, real_min_breast_fraction=args.real_min_breast_fraction)
+            data_info["real_min_breast_fraction"] = args.real_min_breast_fraction
+        if args.match_source_sampling:
+            synth_cfg = dataclasses.replace(synth_cfg, match_source_sampling=True)
+            data_info["match_source_sampling"] = True
     result = train(cfg, args.out, model_cfg=_model_cfg(args),
                    dataset_factory=synth_dataset_factory(backgrounds, synth_cfg),
                    device=device, resume=args.resume, export_to=args.export_to, progress=not args.no_progress,

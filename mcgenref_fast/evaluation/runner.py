@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from mcgenref_fast.config import FindingsConfig
 from mcgenref_fast.errors import McGenRefError
 from mcgenref_fast.evaluation.datasets import EvalItem, Truth
 from mcgenref_fast.metrics_cluster import CLUSTER_MIN_RADIUS_MM, match_clusters, predicted_clusters
@@ -67,13 +68,15 @@ class EvalSettings:
 # --------------------------------------------------------------------------------------------------
 # Engines and keys
 # --------------------------------------------------------------------------------------------------
-def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool = False) -> Any:
+def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool = False,
+                findings: Optional[FindingsConfig] = None) -> Any:
     """The Engine for a method name ('gpr', 'initializer', 'tophat'); gpr/initializer load the shipped weights."""
     from mcgenref_fast.pipeline import Engine, EngineConfig
 
     if method not in METHODS:
         raise McGenRefError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
-    cfg = replace(EngineConfig(), method=method, seed=seed, implementation="reference" if reference else "fast")
+    cfg = replace(EngineConfig(), method=method, seed=seed, implementation="reference" if reference else "fast",
+                  findings=findings if findings is not None else FindingsConfig())
     return Engine(cfg, device=device)
 
 
@@ -104,21 +107,33 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def map_config_hash(engine: Any) -> str:
+    """Hash of the engine settings that decide its probability map — everything but the findings and output
+    settings, which only change scoring (so re-scoring with new findings settings reuses the cached maps)."""
+    from mcgenref_fast.pipeline import engine_config_hash
+
+    cfg = engine.cfg
+    return engine_config_hash(replace(cfg, findings=FindingsConfig(), overlay_max_side_px=0, write_seg=False))
+
+
 def prob_cache_key(item: EvalItem, engine: Any, engine_digest: Optional[dict] = None) -> str:
-    """Key of an item's canonical probability map under an engine: (image file, method, config hash, weights)."""
+    """Key of an item's canonical probability map under an engine: (image file, method, the map's config hash
+    (`map_config_hash`), weights)."""
     breast = None
     if item.breast_mask_path is not None:
         p = Path(item.breast_mask_path)
         breast = {"path": str(p.resolve()), "size": p.stat().st_size if p.exists() else None}
     return _digest({
         "image": item.file_identity(), "id": item.id, "kind": item.kind, "spacing_mm": item.spacing_mm,
-        "breast": breast, "method": engine.cfg.method, "config_hash": engine.config_hash,
+        "breast": breast, "method": engine.cfg.method, "config_hash": map_config_hash(engine),
         "weights": engine_digest if engine_digest is not None else weights_digest(engine),
     })
 
 
-def record_key(prob_key: str, threshold: float, settings: EvalSettings) -> str:
+def record_key(prob_key: str, threshold: float, settings: EvalSettings, findings_cfg: Any = None) -> str:
+    """Key of one scored record: the map, the threshold, the scoring settings and the findings settings."""
     return _digest({"prob": prob_key, "threshold": float(threshold), "scoring": settings.scoring_dict(),
+                    "findings": None if findings_cfg is None else asdict(replace(findings_cfg, threshold=threshold)),
                     "version": EVAL_VERSION})
 
 
@@ -238,7 +253,8 @@ def score_image(canonical: Any, prob: np.ndarray, truth: Truth, threshold: float
     breast = np.asarray(canonical.breast_mask, bool)
     mask = (prob >= threshold) & breast
     findings = extract_findings(prob, mask, canonical.spacing_mm, image=canonical.image,
-                                to_input=canonical.points_to_input, cfg=replace(findings_cfg, threshold=threshold))
+                                to_input=canonical.points_to_input, cfg=replace(findings_cfg, threshold=threshold),
+                                breast=breast)
     in_shape = tuple(int(v) for v in canonical.input_shape)
     if tuple(truth.shape) != in_shape:
         raise McGenRefError(f"truth shape {truth.shape} differs from the image's {in_shape}")
@@ -323,7 +339,7 @@ def run_eval(items: Sequence[EvalItem], engines: Mapping[str, Any], out_dir: str
             t_item = time.perf_counter()
             try:
                 pkey = prob_cache_key(item, engine, digests[name])
-                rkey = record_key(pkey, run.threshold, settings)
+                rkey = record_key(pkey, run.threshold, settings, engine.cfg.findings)
                 if rkey in done:
                     run.records.append(done[rkey])
                     run.metrics_cached += 1

@@ -161,6 +161,7 @@ def train_split_backgrounds(shared_data_dir: str | Path, split: str = "train") -
 class _LoadedNegative:
     image: np.ndarray        # canonical float32
     breast_mask: np.ndarray  # bool
+    input_spacing_mm: float | None = None  # pixel pitch of the source file (None: unknown)
 
 
 class RealNegativeSampler:
@@ -194,8 +195,10 @@ class RealNegativeSampler:
         `CanonicalImage`s as `train.load_train_backgrounds` returns them)."""
         sampler = cls([(Path(f"<canonical {i}>"), None) for i in range(len(images))], cfg)
         for i, can in enumerate(images):
+            spacing = getattr(can, "input_spacing_mm", None)
             sampler._preloaded[i] = _LoadedNegative(np.asarray(can.image, np.float32),
-                                                    np.asarray(can.breast_mask, bool))
+                                                    np.asarray(can.breast_mask, bool),
+                                                    None if spacing is None else float(spacing))
         return sampler
 
     def __len__(self) -> int:
@@ -219,7 +222,7 @@ class RealNegativeSampler:
             if abs(can.spacing_mm - self.cfg.spacing_mm) > 1e-9:
                 raise ValueError(f"{path}: canonical spacing {can.spacing_mm} != SynthConfig.spacing_mm")
             self._images[index] = _LoadedNegative(np.asarray(can.image, np.float32),
-                                                  np.asarray(can.breast_mask, bool))
+                                                  np.asarray(can.breast_mask, bool), float(can.input_spacing_mm))
         return self._images[index]
 
     def _valid_origins(self, index: int, size_px: int) -> np.ndarray:
@@ -245,6 +248,12 @@ class RealNegativeSampler:
     def sample(self, rng: np.random.Generator, patch_px: int,
                spacing_mm: float = CANONICAL_SPACING_MM) -> np.ndarray:
         """A (patch_px, patch_px) float32 patch at `spacing_mm` (resampled from canonical when it differs)."""
+        return self.sample_with_source(rng, patch_px, spacing_mm)[0]
+
+    def sample_with_source(self, rng: np.random.Generator, patch_px: int,
+                           spacing_mm: float = CANONICAL_SPACING_MM) -> tuple[np.ndarray, float | None]:
+        """`sample`'s patch and the pixel pitch (mm) of the file it came from (None when unknown); the same
+        rng draws as `sample`."""
         h = self.cfg.spacing_mm
         size = int(round(patch_px * spacing_mm / h))
         order = rng.permutation(len(self.sources))
@@ -252,8 +261,10 @@ class RealNegativeSampler:
             origins = self._valid_origins(int(index), size)
             if len(origins):
                 y, x = origins[rng.integers(len(origins))]
-                crop = self.load(int(index)).image[y:y + size, x:x + size]
-                return _resize(crop, patch_px) if size != patch_px else crop.astype(np.float32, copy=True)
+                loaded = self.load(int(index))
+                crop = loaded.image[y:y + size, x:x + size]
+                patch = _resize(crop, patch_px) if size != patch_px else crop.astype(np.float32, copy=True)
+                return patch, loaded.input_spacing_mm
         raise ValueError(f"no real negative holds a {size}x{size} canonical px patch inside its breast mask")
 
 

@@ -25,6 +25,11 @@ class SynthConfig:
     # --- real negative backgrounds ---
     p_real_background: float = 0.75          # share of real patches when a sampler is given
     real_min_breast_fraction: float = 1.0    # a real patch must lie (this much) inside the breast mask
+    # Film digitised at a coarser pitch than canonical (mini-MIAS: 0.2 mm) carries every MC blurred by that
+    # sampling; True forms the MC layer (x - B, MCs and noise) on the real source's own grid too: area
+    # average down to the source pitch, canonical's bicubic back up (what reading such a file does).
+    match_source_sampling: bool = False
+    source_sampling_min_ratio: float = 1.25  # ... when source pitch >= this × canonical spacing
     # --- cluster ---
     p_negative: float = 0.25                 # no MC at all
     n_mcs: tuple[int, int] = (3, 30)         # inclusive

@@ -30,8 +30,9 @@ def draw_item(seed: int, index: int, patch_px: int, cfg: SynthConfig, sampler: R
     sampler is given (the coin is always tossed, so the stream does not depend on the sampler)."""
     rng = pair_rng(seed, index)
     use_real = bool(rng.random() < cfg.p_real_background) and sampler is not None
-    background = sampler.sample(rng, patch_px, spacing_mm) if use_real else None
-    pair = make_pair(rng, cfg, patch_px, spacing_mm, background)
+    background, source_mm = sampler.sample_with_source(rng, patch_px, spacing_mm) if use_real else (None, None)
+    pair = make_pair(rng, cfg, patch_px, spacing_mm, background,
+                     source_spacing_mm=source_mm if cfg.match_source_sampling else None)
     seeds = seed_map(pair.centres_px, pair.image.shape, rng, cfg)
     return pair, seeds
 
