@@ -247,3 +247,30 @@ def test_eval_refuses_a_negative_outline_margin(tmp_path: Path, capsys: pytest.C
                  "--outline-margin", "-1"])
     assert code != 0
     assert "--outline-margin must be a finite distance >= 0 mm" in capsys.readouterr().err
+
+
+def test_pixel_metrics_are_split_by_input_pitch_when_pitches_differ() -> None:
+    from mcgenref_fast.evaluation.report import pixels_by_pitch
+
+    def rec(tp: int, fp: int, fn: int, pitch) -> dict:
+        return {"pixel": {"tp": tp, "fp": fp, "fn": fn, "tn": 1000}, "input_spacing_mm": pitch}
+
+    film, ffdm = [rec(2, 2, 0, 0.2), rec(2, 0, 2, 0.2)], [rec(5, 0, 5, 0.07)]
+    groups = pixels_by_pitch(film + ffdm)
+    assert list(groups) == ["0.07", "0.2"] and groups["0.2"]["n_images"] == 2
+    assert groups["0.2"]["pooled"]["precision"] == pytest.approx(4 / 6)
+    assert groups["0.2"]["pooled"]["recall"] == pytest.approx(4 / 6)
+    assert groups["0.07"]["pooled"]["recall"] == pytest.approx(0.5)
+    assert pixels_by_pitch(film) is None  # one pitch: the pooled table says it all
+    assert pixels_by_pitch([rec(1, 0, 0, None)] + ffdm) is None  # records from before the field
+
+
+def test_results_markdown_shows_the_pitch_table(tmp_path: Path) -> None:
+    from mcgenref_fast.evaluation.report import results_markdown
+
+    data = make_synthetic_set(tmp_path / "syn")
+    run = run_eval(load_dataset("synthetic", data), {"tophat": tophat_engine()}, tmp_path / "out", log=lambda s: None)
+    assert all(r["input_spacing_mm"] == pytest.approx(0.07) for r in run.methods["tophat"].records)
+    run.methods["tophat"].records[0]["input_spacing_mm"] = 0.2  # as if one image were a film scan
+    md = results_markdown(build_results(run, {"kind": "synthetic", "path": str(data)}))
+    assert "Pooled by the input's pixel pitch" in md and "| tophat | 0.2 | 1 |" in md and "| tophat | 0.07 | 2 |" in md

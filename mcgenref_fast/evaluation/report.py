@@ -52,6 +52,7 @@ def summarise_method(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n_images": len(records)}
     pix = [r["pixel"] for r in records if r.get("pixel") is not None]
     out["pixel"] = summarize_pixels([Confusion(**c) for c in pix]).to_dict() if pix else None
+    out["pixel_by_pitch"] = pixels_by_pitch(records)
     mc = [r for r in records if r.get("mc") is not None]
     if mc:
         det = DetectionSummary(len(mc), *(sum(r["mc"][k] for r in mc) for k in ("n_true", "n_found", "n_pred", "n_fp"))).to_dict()
@@ -88,6 +89,19 @@ def summarise_method(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["pred_mcs_per_image"] = float(np.mean([r["findings"]["n_mcs"] for r in records])) if records else None
     out["pred_clusters_per_image"] = float(np.mean([r["findings"]["n_clusters"] for r in records])) if records else None
     return out
+
+
+def pixels_by_pitch(records: Sequence[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """Pooled pixel metrics per input pixel pitch (mm, e.g. "0.07" FFDM, "0.2" film scans), when the records
+    hold more than one pitch: film and digital mammograms behave differently and one pooled figure hides it."""
+    groups: dict[str, list[Confusion]] = {}
+    for r in records:
+        if r.get("pixel") is not None and r.get("input_spacing_mm") is not None:
+            groups.setdefault(f"{float(r['input_spacing_mm']):g}", []).append(Confusion(**r["pixel"]))
+    if len(groups) < 2:
+        return None
+    return {k: {"n_images": len(v), "pooled": summarize_pixels(v).to_dict()["pooled"]}
+            for k, v in sorted(groups.items(), key=lambda kv: float(kv[0]))}
 
 
 def per_image_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -180,6 +194,13 @@ def results_markdown(results: dict[str, Any]) -> str:
                 rows.append([n] + [_pm(p["per_image"][k], 4 if k == "specificity" else 3) for k in METRIC_NAMES]
                             + [str(p["per_image"]["recall"]["n"])])
         out += _table(["method"] + [_PIXEL_LABELS[k] for k in METRIC_NAMES] + ["n (recall)"], rows)
+        if any(methods[n].get("pixel_by_pitch") for n in names):
+            out.append("Pooled by the input's pixel pitch (mm; film scans and digital mammograms apart):")
+            out.append("")
+            keys = ("dice", "precision", "recall", "fnr", "g_mean")
+            rows = [[n, pitch, str(g["n_images"])] + [_num(g["pooled"][k]) for k in keys]
+                    for n in names for pitch, g in (methods[n].get("pixel_by_pitch") or {}).items()]
+            out += _table(["method", "pitch (mm)", "images"] + [_PIXEL_LABELS[k] for k in keys], rows)
     if any(methods[n]["mc"] for n in names):
         out.append("## MC level (found within 0.5 mm)")
         out.append("")

@@ -32,7 +32,7 @@ from mcgenref_fast.evaluation.datasets import EvalItem, Truth
 from mcgenref_fast.metrics_cluster import CLUSTER_MIN_RADIUS_MM, match_clusters, predicted_clusters
 from mcgenref_fast.metrics_mc import MC_TOLERANCE_MM, DetectionMatch, match_mcs, true_from_labels, true_from_mask
 
-EVAL_VERSION: int = 1                 # bump when the per-image record changes meaning
+EVAL_VERSION: int = 2                 # bump when the per-image record changes meaning (2: input_spacing_mm)
 TOPHAT_THRESHOLD: float = 0.5         # the baseline's pseudo-probability is >= 0.5 exactly on its detections
 METHODS: tuple[str, ...] = ("gpr", "initializer", "tophat")
 
@@ -284,6 +284,7 @@ def score_image(canonical: Any, prob: np.ndarray, truth: Truth, threshold: float
         "max_cluster_score": max((c.score for c in findings.clusters), default=None),
     }
     rec["normal"] = truth.normal
+    rec["input_spacing_mm"] = spacing_in
     rec["n_true_clusters"] = truth.n_clusters if truth.has_clusters else None
     return rec
 
