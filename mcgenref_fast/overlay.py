@@ -23,6 +23,7 @@ from .atomic import write_png_atomic
 from .errors import OutputError
 
 MC_OUTLINE_RGB = (255, 0, 0)         # red: stands out on both dark fat and white dense tissue
+OUTLINE_MC_RGB = (0, 170, 255)       # light blue: MCs at the breast outline, reported but not clustered
 CLUSTER_BOX_RGB = (255, 255, 0)      # yellow, the usual CAD mark colour
 SCALE_BAR_RGB = (255, 255, 255)
 SCALE_BAR_BORDER_RGB = (0, 0, 0)
@@ -252,12 +253,15 @@ def render_overlay(
     max_side_px: int | None = 2048,
     scale_bar_mm: float = 10.0,
     breast_mask_input_grid: np.ndarray | None = None,
+    outline_mcs_input_grid: np.ndarray | None = None,
 ) -> np.ndarray:
     """The overlay picture as RGB uint8 (h, w, 3); (h, w) = input shape scaled so max side ≤ max_side_px.
 
     `image_input_grid` is the image as read (dense bright), `mask_input_grid` the MC mask in the same
     grid, `spacing_mm` its pixel spacing, `clusters` boxes in input pixels (ClusterBox or findings.json
-    cluster dicts), `voi` a window (center, width, function) in the image's units or None for automatic.
+    cluster dicts), `voi` a window (center, width, function) in the image's units or None for automatic;
+    `outline_mcs_input_grid`: the part of the mask that belongs to MCs at the breast outline (findings'
+    `at_outline`), outlined in light blue instead of red.
     """
     from PIL import Image, ImageDraw
 
@@ -285,6 +289,12 @@ def render_overlay(
 
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
     rgb[mc_outline(_mask_any_down(mask, geometry), geometry.outline_px)] = MC_OUTLINE_RGB
+    if outline_mcs_input_grid is not None:
+        at_outline = np.asarray(outline_mcs_input_grid, dtype=bool)
+        if at_outline.shape != image.shape:
+            raise OutputError(f"outline-MC mask {at_outline.shape} does not match the image {image.shape}")
+        if at_outline.any():
+            rgb[mc_outline(_mask_any_down(at_outline & mask, geometry), geometry.outline_px)] = OUTLINE_MC_RGB
     pil = Image.fromarray(rgb)
     draw = ImageDraw.Draw(pil)
     font = _font(geometry.font_px)

@@ -59,6 +59,18 @@ def engine_config_hash(cfg: EngineConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def outline_mcs_mask(mask: np.ndarray, findings: Any) -> np.ndarray:
+    """The pixels of `mask` (canonical) that belong to MCs at the breast outline (`MC.at_outline`; an MC's id
+    is its 8-connected label in `mask`)."""
+    from mcgenref_fast.findings import label_components
+
+    ids = [m.id for m in findings.mcs if m.at_outline]
+    if not ids:
+        return np.zeros(np.shape(mask), dtype=bool)
+    labels, _ = label_components(mask)
+    return np.isin(labels, ids)
+
+
 def _check_precision(cfg: EngineConfig, device: torch.device) -> None:
     """ConfigError for a precision the engine cannot run (unknown, off CUDA, or with the reference)."""
     if cfg.precision not in PRECISIONS:
@@ -212,7 +224,8 @@ class Engine:
             voi = (meta.voi_center, meta.voi_width, meta.voi_function)
         write_overlay(paths.overlay_png, mammogram.image, mask_in, meta.spacing_mm, clusters=findings_dict["clusters"],
                       voi=voi, max_side_px=self.cfg.overlay_max_side_px,
-                      breast_mask_input_grid=canonical.mask_to_input(canonical.breast_mask))
+                      breast_mask_input_grid=canonical.mask_to_input(canonical.breast_mask),
+                      outline_mcs_input_grid=canonical.mask_to_input(outline_mcs_mask(analysis.mask, analysis.findings)))
         provenance = make_provenance(
             path, meta.spacing_mm, meta.spacing_source, meta.flips, self.weights_sha256, self.config_hash,
             method=self.cfg.method, implementation=self.cfg.implementation, seed=self.cfg.seed,

@@ -145,3 +145,19 @@ def test_engine_keeps_mcs_at_the_breast_outline_out_of_clusters(tmp_path: Path) 
     wide = tiny_engine("tophat", findings=FindingsConfig(outline_margin_mm=100.0)).analyse(canonical)
     assert len(off.findings.clusters) >= 1 and not any(m.at_outline for m in off.findings.mcs)
     assert wide.findings.clusters == () and wide.findings.mcs and all(m.at_outline for m in wide.findings.mcs)
+
+
+def test_overlay_marks_outline_mcs_in_light_blue(tmp_path: Path) -> None:
+    from mcgenref_fast.config import FindingsConfig
+    from mcgenref_fast.overlay import MC_OUTLINE_RGB, OUTLINE_MC_RGB
+
+    src = tmp_path / "case.png"
+    Image.fromarray(phantom_with_mcs()).save(src)
+    colours = {}
+    for name, margin in (("off", 0.0), ("wide", 100.0)):
+        engine = tiny_engine("tophat", findings=FindingsConfig(outline_margin_mm=margin))
+        result = engine.run_file(src, OutputLayout(tmp_path / name), spacing_mm=0.1)
+        rgb = np.asarray(Image.open(result.out_dir / "overlay.png").convert("RGB")).reshape(-1, 3)
+        colours[name] = {c: int((rgb == np.array(c, np.uint8)).all(1).sum()) for c in (MC_OUTLINE_RGB, OUTLINE_MC_RGB)}
+    assert colours["off"][MC_OUTLINE_RGB] > 0 and colours["off"][OUTLINE_MC_RGB] == 0
+    assert colours["wide"][OUTLINE_MC_RGB] > 0 and colours["wide"][MC_OUTLINE_RGB] == 0

@@ -324,3 +324,23 @@ class TestFindingsJson:
         doc = read_findings_json(write_findings_json(tmp_path / "findings.json", findings.to_dict(),
                                                      _provenance(tmp_path), image_block((14, 14), 0.05)))
         assert set(REQUIRED_MC) <= set(doc["mcs"][0])
+
+
+def test_overlay_draws_outline_mcs_in_their_own_colour() -> None:
+    from mcgenref_fast.overlay import OUTLINE_MC_RGB
+
+    image = np.full((120, 120), 1000.0)
+    mask = np.zeros((120, 120), bool)
+    mask[30:33, 30:33] = True   # an ordinary MC
+    mask[80:83, 80:83] = True   # an MC at the breast outline
+    outline = np.zeros_like(mask)
+    outline[80:83, 80:83] = True
+    rgb = render_overlay(image, mask, 0.1, max_side_px=None, scale_bar_mm=1.0, outline_mcs_input_grid=outline)
+    blue = np.array(OUTLINE_MC_RGB, np.uint8)
+    around = lambda r, c: rgb[r - 6:r + 9, c - 6:c + 9].reshape(-1, 3)
+    assert (around(30, 30) == RED).all(1).any() and not (around(30, 30) == blue).all(1).any()
+    assert (around(80, 80) == blue).all(1).any() and not (around(80, 80) == RED).all(1).any()
+    plain = render_overlay(image, mask, 0.1, max_side_px=None, scale_bar_mm=1.0)
+    assert (plain[30:50, 30:50] == rgb[30:50, 30:50]).all()  # the rest of the picture is unchanged
+    with pytest.raises(OutputError, match="outline-MC mask"):
+        render_overlay(image, mask, 0.1, outline_mcs_input_grid=outline[:-1])
