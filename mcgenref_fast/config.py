@@ -80,7 +80,8 @@ class FindingsConfig:
     # MCs whose centroid lies within this distance (mm) of the breast outline (the skin line, or the image
     # edge where the breast meets it) are reported with `at_outline` and kept out of clusters: the skin is
     # about 2 mm thick and calcifications in it are dermal (benign), and the outline is where film edges,
-    # skin folds and the bright film border make false clusters. 0 turns the rule off.
+    # skin folds and the bright film border make false clusters. Every image edge counts, the chest-wall side
+    # included (a film scan's cut edge is bright there too). 0 turns the rule off.
     outline_margin_mm: float = 2.0
 
 

@@ -139,7 +139,6 @@ class MC:
     cluster_id: Optional[int] = None
     at_outline: bool = False  # centroid within `FindingsConfig.outline_margin_mm` of the breast outline
 
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -482,20 +481,45 @@ def extract_findings(
                     bool(flagged), cfg)
 
 
+def outline_distance_px(points_px: np.ndarray, breast: np.ndarray) -> np.ndarray:
+    """(n,) Euclidean distance (px, between pixel centres) from each integer point `(row, col)` to the nearest
+    pixel outside the breast mask or outside the image — what `distance_transform_edt` of the mask padded
+    with one False ring gives there, without the whole-image transform: the nearest outside pixel always has
+    a 4-neighbour inside (a step from it toward the point lands closer, hence inside), so a KD-tree over those
+    outline pixels plus the distance to the ring beyond the image edge is exact. 0 for a point outside."""
+    breast = np.asarray(breast, dtype=bool)
+    h, w = breast.shape
+    pts = np.asarray(points_px, dtype=np.int64).reshape(-1, 2)
+    r, c = pts[:, 0], pts[:, 1]
+    edge = np.minimum(np.minimum(r + 1, h - r), np.minimum(c + 1, w - c)).astype(np.float64)
+    outside = ~breast
+    touches = np.zeros_like(outside)
+    touches[1:, :] |= breast[:-1, :]
+    touches[:-1, :] |= breast[1:, :]
+    touches[:, 1:] |= breast[:, :-1]
+    touches[:, :-1] |= breast[:, 1:]
+    rim = np.argwhere(outside & touches)
+    dist = edge
+    if len(rim):
+        nearest, _ = cKDTree(rim).query(pts, k=1)
+        dist = np.minimum(edge, nearest)
+    return np.where(breast[r, c], dist, 0.0)
+
+
 def _near_outline(centroids_px: np.ndarray, breast: Optional[np.ndarray], spacing_mm: float,
                   margin_mm: float) -> np.ndarray:
     """(n,) bool: the centroid's pixel lies within `margin_mm` of the breast outline, i.e. of a pixel outside
-    the breast mask or outside the image (Euclidean distance between pixel centres, mm). All False without a
-    breast mask or with a zero margin."""
+    the breast mask or outside the image (Euclidean distance between pixel centres, mm). The image edge counts
+    on every side, the chest-wall side included: a film scan's edge is its brightest artefact. All False
+    without a breast mask or with a zero margin."""
     n = centroids_px.shape[0]
     if breast is None or not margin_mm > 0 or n == 0:
         return np.zeros(n, dtype=bool)
-    inside = np.pad(np.asarray(breast, dtype=bool), 1, mode="constant", constant_values=False)
-    dist_mm = ndi.distance_transform_edt(inside, sampling=spacing_mm)[1:-1, 1:-1]
-    h, w = dist_mm.shape
+    h, w = np.shape(breast)
     r = np.clip(np.rint(centroids_px[:, 0]).astype(np.int64), 0, h - 1)
     c = np.clip(np.rint(centroids_px[:, 1]).astype(np.int64), 0, w - 1)
-    return dist_mm[r, c] <= margin_mm + _DIST_EPS_PX * spacing_mm
+    dist_px = outline_distance_px(np.stack([r, c], axis=1), breast)
+    return dist_px * spacing_mm <= margin_mm + _DIST_EPS_PX * spacing_mm
 
 
 def _make_cluster(cid: int, mem: np.ndarray, cp: ComponentPixels, st: _Stats, spacing_mm: float,

@@ -17,7 +17,7 @@ from .atomic import to_jsonable, write_json_atomic
 from .errors import OutputError
 
 SCHEMA_NAME = "mcgenref_fast/findings"
-SCHEMA_VERSION = "1.0"   # major.minor: a new minor only adds fields; readers check the major
+SCHEMA_VERSION = "1.1"   # major.minor: a new minor only adds fields; readers check the major (1.1: MC at_outline)
 
 REQUIRED_TOP = ("schema", "schema_version", "provenance", "image", "flagged", "mcs", "large", "clusters")
 REQUIRED_PROVENANCE = (

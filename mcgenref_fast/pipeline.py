@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -59,14 +59,14 @@ def engine_config_hash(cfg: EngineConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def outline_mcs_mask(mask: np.ndarray, findings: Any) -> np.ndarray:
+def outline_mcs_mask(mask: np.ndarray, findings: Any) -> Optional[np.ndarray]:
     """The pixels of `mask` (canonical) that belong to MCs at the breast outline (`MC.at_outline`; an MC's id
-    is its 8-connected label in `mask`)."""
+    is its 8-connected label in `mask`); None when there are none."""
     from mcgenref_fast.findings import label_components
 
     ids = [m.id for m in findings.mcs if m.at_outline]
     if not ids:
-        return np.zeros(np.shape(mask), dtype=bool)
+        return None
     labels, _ = label_components(mask)
     return np.isin(labels, ids)
 
@@ -219,13 +219,14 @@ class Engine:
         write_mask_png(paths.mask_png, mask_in, expected_shape=meta.shape)
         write_prob_png(paths.prob_png, prob_in, expected_shape=meta.shape)
         findings_dict = analysis.findings.to_dict()
+        outline = outline_mcs_mask(analysis.mask, analysis.findings)
         voi = None
         if meta.voi_center is not None and meta.voi_width is not None:
             voi = (meta.voi_center, meta.voi_width, meta.voi_function)
         write_overlay(paths.overlay_png, mammogram.image, mask_in, meta.spacing_mm, clusters=findings_dict["clusters"],
                       voi=voi, max_side_px=self.cfg.overlay_max_side_px,
                       breast_mask_input_grid=canonical.mask_to_input(canonical.breast_mask),
-                      outline_mcs_input_grid=canonical.mask_to_input(outline_mcs_mask(analysis.mask, analysis.findings)))
+                      outline_mcs_input_grid=None if outline is None else canonical.mask_to_input(outline))
         provenance = make_provenance(
             path, meta.spacing_mm, meta.spacing_source, meta.flips, self.weights_sha256, self.config_hash,
             method=self.cfg.method, implementation=self.cfg.implementation, seed=self.cfg.seed,

@@ -246,10 +246,13 @@ def test_full_mammogram_with_thousands_of_components_is_fast() -> None:
         mask[r : r + s, c : c + s] = True
         prob[r : r + s, c : c + s] = 0.5 + 0.5 * rng.random()
     image = rng.random(shape, dtype=np.float32)
+    rr, cc = np.mgrid[0:shape[0], 0:shape[1]]
+    breast = (rr - shape[0] / 2) ** 2 / (shape[0] / 2) ** 2 + cc ** 2 / shape[1] ** 2 < 1  # a half ellipse
     t = time.perf_counter()
-    f = extract_findings(prob, mask, H, image=image, to_input=lambda p: p)
+    f = extract_findings(prob, mask, H, image=image, to_input=lambda p: p, breast=breast)
     elapsed = time.perf_counter() - t
     assert len(f.mcs) + len(f.large) == label_components(mask)[1]
+    assert any(mc.at_outline for mc in f.mcs) and not all(mc.at_outline for mc in f.mcs)
     assert elapsed < 3.0, f"extract_findings took {elapsed:.2f} s"
 
 
@@ -286,18 +289,36 @@ def test_outline_rule_counts_the_image_edge_and_can_be_turned_off() -> None:
     assert len(no_breast.clusters) == 1
 
 
-def test_outline_members_do_not_link_a_cluster() -> None:
-    """Five interior MCs still form a cluster; an MC at the outline neither joins nor bridges it."""
+def test_outline_mcs_neither_join_nor_bridge_clusters() -> None:
     breast = np.zeros((300, 400), dtype=bool)
-    breast[:, 50:] = True
-    m = _chain(breast.shape, 5, 20, row=150, col0=150)
-    m[150:152, 55:57] = True  # 0.35 mm from the outline, 94 px (6.6 mm) left of the chain: can't link
+    breast[:, 50:] = True  # outside: columns 0-49
+    off = FindingsConfig(outline_margin_mm=0.0)
+    m = _chain(breast.shape, 5, 20, row=150, col0=100)
+    m[150:152, 55:57] = True  # 0.49 mm from the outline, 44 px (3.1 mm) from the chain: links when allowed
+    assert len(extract_findings(m.astype(np.float32), m, H, breast=breast, cfg=off).clusters[0].mc_ids) == 6
     f = extract_findings(m.astype(np.float32), m, H, breast=breast)
     assert len(f.clusters) == 1 and len(f.clusters[0].mc_ids) == 5
-    assert sum(mc.at_outline for mc in f.mcs) == 1
-    m4 = _chain(breast.shape, 4, 20, row=150, col0=70)  # four MCs, the first 20 px (1.4 mm) from the outline
-    f4 = extract_findings(m4.astype(np.float32), m4, H, breast=breast)
-    assert [mc.at_outline for mc in f4.mcs] == [True, False, False, False] and f4.clusters == ()
+    assert [mc.at_outline for mc in f.mcs] == [True] + [False] * 5
+    # three MCs above and two below, 79 px (5.5 mm) apart: only the outline MC between them links them
+    bridge = _chain(breast.shape, 3, 10, row=110, col0=90) | _chain(breast.shape, 2, 10, row=190, col0=90)
+    bridge[150:152, 55:57] = True
+    assert len(extract_findings(bridge.astype(np.float32), bridge, H, breast=breast, cfg=off).clusters) == 1
+    assert extract_findings(bridge.astype(np.float32), bridge, H, breast=breast).clusters == ()
+
+
+def test_outline_distance_equals_the_distance_transform() -> None:
+    """The KD-tree distance to the outline is the padded mask's Euclidean distance transform, exactly."""
+    from mcgenref_fast.findings import outline_distance_px
+
+    rng = np.random.default_rng(5)
+    for trial in range(24):
+        h, w = (int(v) for v in rng.integers(3, 60, 2))
+        breast = ndi.binary_opening(rng.random((h, w)) < 0.75) if trial % 2 else rng.random((h, w)) < 0.5
+        if trial % 6 == 0:
+            breast[:] = True  # no outline inside the image: the image edge alone
+        edt = ndi.distance_transform_edt(np.pad(breast, 1))[1:-1, 1:-1]
+        pts = np.argwhere(np.ones((h, w), bool))
+        np.testing.assert_allclose(outline_distance_px(pts, breast), edt[pts[:, 0], pts[:, 1]], atol=1e-9)
 
 
 def test_breast_mask_of_another_shape_is_refused() -> None:

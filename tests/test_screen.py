@@ -321,3 +321,16 @@ def test_injected_engine_with_tiny_models_inline_decoding(tmp_path: Path) -> Non
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_screen_outline_margin_reaches_the_engine_and_a_bad_one_stops_early(tmp_path: Path, capsys) -> None:
+    engine = make_engine({**TOPHAT, "outline_margin": 0.5})
+    assert engine.cfg.findings.outline_margin_mm == 0.5
+    assert make_engine(dict(TOPHAT)).cfg.findings.outline_margin_mm == 2.0  # options saved before the flag
+    folder = tmp_path / "in"
+    folder.mkdir()
+    phantom_png(folder / "phantom.png", 3)
+    status = cli_main(["screen", str(folder), "--out", str(tmp_path / "out"), "--method", "tophat", "--spacing",
+                       "0.1", "--outline-margin", "-2", "--no-progress"])
+    assert status != 0 and "--outline-margin must be a finite distance >= 0 mm" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "summary.csv").exists()  # nothing screened

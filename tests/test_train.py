@@ -191,12 +191,19 @@ def test_cli_match_source_sampling_reaches_the_data_and_the_manifest(tmp_path, m
         seen.append(synth_cfg)
         return factory
 
+    from mcgenref_fast.errors import ConfigError
+
     monkeypatch.setattr(train_mod, "synth_dataset_factory", capture)
+    monkeypatch.setattr(train_mod, "load_train_backgrounds", lambda csv: [("film.png", 0.2)])
     parser = argparse.ArgumentParser()
     train_cmd.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "segmentor", "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2",
-                              "--patch", "16", "--device", "cpu", "--val-size", "2", "--base-width", "4", "--depth",
-                              "1", "--no-progress", "--export-to", str(tmp_path / "w"), "--match-source-sampling"])
+    argv = ["train", "segmentor", "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2", "--patch", "16",
+            "--device", "cpu", "--val-size", "2", "--base-width", "4", "--depth", "1", "--no-progress",
+            "--export-to", str(tmp_path / "w"), "--match-source-sampling"]
+    args = parser.parse_args(argv)
+    with pytest.raises(ConfigError, match="real backgrounds only"):  # nothing to match without real backgrounds
+        args.func(args)
+    args = parser.parse_args(argv + ["--backgrounds-split", str(tmp_path / "splits.csv")])
     assert args.func(args) == 0
     assert seen and seen[0].match_source_sampling and seen[0].real_min_breast_fraction == 1.0
     manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())

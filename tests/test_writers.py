@@ -287,6 +287,22 @@ class TestFindingsJson:
         assert doc["clusters"][0]["bbox_input_px"] == [14.0, 28.0, 21.0, 30.0]
         assert ClusterBox.from_mapping(doc["clusters"][0]).score == pytest.approx(0.8)
 
+    def test_version_1_0_files_without_at_outline_still_read(self, tmp_path: Path) -> None:
+        path = write_findings_json(tmp_path / "findings.json", _findings_dict(), _provenance(tmp_path),
+                                   image_block((140, 112), 0.05))
+        doc = json.loads(path.read_text())
+        assert SCHEMA_VERSION == "1.1"
+        doc["schema_version"] = "1.0"
+        for mc in doc["mcs"]:
+            mc.pop("at_outline", None)
+        path.write_text(json.dumps(doc))
+        old = read_findings_json(path)
+        assert old["schema_version"] == "1.0" and not any(mc.get("at_outline", False) for mc in old["mcs"])
+        doc["schema_version"] = "2.0"
+        path.write_text(json.dumps(doc))
+        with pytest.raises(OutputError):
+            read_findings_json(path)
+
     def test_missing_field_is_a_clear_error(self, tmp_path: Path) -> None:
         provenance = _provenance(tmp_path)
         del provenance["config_hash"]

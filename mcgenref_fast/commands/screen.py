@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mcgenref_fast.commands.segment import add_common_options, engine_from_args
+from mcgenref_fast.commands.segment import add_common_options, engine_from_args, findings_config
 from mcgenref_fast.errors import ConfigError
 
 _ENGINE_OPTIONS = ("method", "no_refine", "reference", "seed", "no_seg", "device", "precision", "outline_margin")
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.input}: no mammogram found (DICOM by content or extension; PNG/TIFF/PGM by extension)")
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    findings_config(args.outline_margin)             # a bad margin fails here, not in every worker
     factory = functools.partial(make_engine, {name: getattr(args, name) for name in _ENGINE_OPTIONS})
     options = ScreenOptions(spacing_mm=args.spacing, allow_for_processing=args.allow_for_processing,
                             workers=args.workers, progress=not args.no_progress, report=not args.no_report)

@@ -66,6 +66,7 @@ def _model_cfg(args: argparse.Namespace) -> SegmentorConfig | GeneratorConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mcgenref_fast.errors import ConfigError
     from mcgenref_fast.train import (
         TrainConfig,
         load_train_backgrounds,
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         backgrounds = load_train_backgrounds(args.backgrounds_split)
         data_info = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural + real backgrounds",
                      "backgrounds_split": str(args.backgrounds_split), "backgrounds": len(backgrounds)}
+    if args.match_source_sampling and backgrounds is None:
+        raise ConfigError("--match-source-sampling acts on real backgrounds only: add --backgrounds-split SPLITS_CSV")
     synth_cfg = None
     if args.real_min_breast_fraction is not None or args.match_source_sampling:
         from mcgenref_fast.synth import SynthConfig

@@ -1,12 +1,14 @@
 """Run methods over an evaluation dataset, with a resumable cache.
 
 For each item and method: the canonical probability map comes from the cache (`OUT/cache/probs/`, keyed by
-the image file's identity, the method, the Engine's config hash and its weights' sha256) or from
+the image file's identity, the method, the hash of the Engine settings that decide the map
+(`map_config_hash`: everything but the findings and output settings) and its weights' sha256) or from
 `Engine.analyse` (then cached); the map is thresholded at the operating threshold (the method's own, or
 `EvalSettings.threshold`), findings are extracted, and the image is scored against its truth. Finished
 per-image records go to `OUT/cache/metrics.jsonl` (one JSON object a line, appended and fsync'ed), keyed by
-the probability key, the threshold and the scoring settings: a re-run skips them entirely, a new threshold
-re-scores the cached maps without running any network.
+the probability key, the threshold, the scoring settings and the findings settings: a re-run skips them
+entirely; a new threshold or new findings settings (`--outline-margin`) re-score the cached maps without
+running any network.
 
 Scoring happens in the input's grid (where every output is written): the canonical mask goes back with
 `CanonicalImage.mask_to_input` (every component kept), the probability with `prob_to_input` (max down), the
@@ -360,7 +362,7 @@ def run_eval(items: Sequence[EvalItem], engines: Mapping[str, Any], out_dir: str
                     seconds = time.perf_counter() - t
                     prob = np.where(np.asarray(can.breast_mask, bool), np.asarray(analysis.prob, np.float32), 0.0)
                     cache.put(pkey, prob, {"item": item.id, "method": engine.cfg.method, "seconds": seconds,
-                                           "config_hash": engine.config_hash, "shape": list(prob.shape)})
+                                           "map_config_hash": map_config_hash(engine), "shape": list(prob.shape)})
                     prob = cache.get(pkey).prob if settings.prob_dtype == "float16" else prob.astype(np.float32)
                     run.computed += 1
                     how = f"analysed in {seconds:.1f} s"

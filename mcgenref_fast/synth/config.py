@@ -84,5 +84,7 @@ class SynthConfig:
             raise ValueError("SynthConfig.ellipse_max_aspect must be >= 1")
         if self.mc_min_gap_ratio < 0 or self.placement_candidates < 1:
             raise ValueError("SynthConfig: need mc_min_gap_ratio >= 0 and placement_candidates >= 1")
+        if not self.source_sampling_min_ratio >= 1.0:
+            raise ValueError("SynthConfig.source_sampling_min_ratio must be >= 1 (a source coarser than canonical)")
         if self.supersample < 1:
             raise ValueError("SynthConfig.supersample must be >= 1")
