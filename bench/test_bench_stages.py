@@ -138,9 +138,8 @@ def _net(model, precision: str, cuda_graphs: bool = True):
     """What refine calls: a NetExecutor on CUDA, the module itself on the CPU."""
     if not CUDA:
         return model
-    return net_exec.executor_for(model, DEVICE, net_exec.ExecConfig(precision=precision, channels_last=precision != "fp32",
-                                                                    cuda_graphs=cuda_graphs,
-                                                                    max_batch=fast.default_max_batch(DEVICE)))
+    cfg = fast.exec_config(precision, cuda_graphs, fast.default_max_batch(DEVICE))
+    return net_exec.executor_for(model, DEVICE, cfg)
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ int get_num_threads() {
 #endif
 }
 
-void register_update(py::module_& m);  // csrc/update.cpp: gpr_update, seed_dist2
+void register_update(py::module_& m);  // csrc/update.cpp: gpr_update, seed_maps
 
 PYBIND11_MODULE(_tiler, m) {
     m.doc() = "C++ tiler: grid, active tiles, raised-cosine partition-of-unity weights, gather and fusion";

@@ -9,9 +9,8 @@
 // energy is summed in double per tile (8 fixed lanes, then the lanes in order), so results do not depend
 // on the thread count nor on the vector width. Built with -ffp-contract=off (no FMA contraction).
 //
-// seed_dist2: d²(u) = min_c |u - c|² over the first counts[q] seeds of tile q (integer px: exact in
-// float32, hence bit-identical to the torch loop), +inf for a tile without seeds. seed_maps: the seed dots
-// S and blend maps W from the integer d² through look-up tables (the caller computes the tables with the
+// seed_maps: the seed dots S and blend maps W from the integer d² = min_c |u - c|² to the nearest of a tile's
+// seeds (exact in float32, as `ops_torch.seed_distance2`) through look-up tables (the caller computes the tables with the
 // torch ops of the reference on every d² value 0..2(T-1)², so the maps are those ops' results).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -240,31 +239,6 @@ py::tuple gpr_update(f32arr z, f32arr y, f32arr canvas, f32arr z0, f32arr w, f32
     return py::make_tuple(out, energy);
 }
 
-// d² (T, T) of one tile (d holds +inf on entry) to its k seeds `seeds` (k, 2) (row, col).
-MCG_CLONES void dist2_tile(const int64_t* seeds, int64_t k, int64_t tile, float* d) {
-    std::vector<float> dx2(static_cast<size_t>(k * tile));
-    for (int64_t s = 0; s < k; ++s) {
-        const float cx = static_cast<float>(seeds[2 * s + 1]);
-        for (int64_t j = 0; j < tile; ++j) {
-            const float t = static_cast<float>(j) - cx;
-            dx2[s * tile + j] = t * t;
-        }
-    }
-    for (int64_t i = 0; i < tile; ++i) {
-        float* row = d + i * tile;
-        for (int64_t s = 0; s < k; ++s) {
-            const float t = static_cast<float>(i) - static_cast<float>(seeds[2 * s]);
-            const float a = t * t;
-            const float* b = dx2.data() + s * tile;
-#pragma omp simd
-            for (int64_t j = 0; j < tile; ++j) {
-                const float v = a + b[j];
-                row[j] = v < row[j] ? v : row[j];
-            }
-        }
-    }
-}
-
 // Seed dots S and blend maps W of one tile from look-up tables indexed by the integer d² to the nearest of
 // its k seeds (k >= 1, inside the tile); W = 0 where valid (T, T) is 0 (valid may be null: all valid).
 MCG_CLONES void seed_maps_tile(const int64_t* seeds, int64_t k, int64_t tile, const float* lut_s,
@@ -364,30 +338,6 @@ py::tuple seed_maps(i64arr local, i64arr counts, int64_t tile, f32arr lut_s, f32
     return py::make_tuple(s_out, w_out);
 }
 
-// local (c, m, 2) int64 tile-local (row, col), counts (c,) -> d² (c, T, T) float32 (+inf without seeds).
-f32arr seed_dist2(i64arr local, i64arr counts, int64_t tile) {
-    if (local.ndim() != 3 || local.shape(2) != 2) throw std::invalid_argument("local must be (c, m, 2)");
-    const int64_t c = local.shape(0), m = local.shape(1);
-    if (counts.ndim() != 1 || counts.shape(0) != c) throw std::invalid_argument("counts must be (c,)");
-    if (tile < 1) throw std::invalid_argument("tile size must be >= 1");
-    f32arr out({c, tile, tile});
-    const int64_t* pl = local.data();
-    const int64_t* pc = counts.data();
-    float* po = out.mutable_data();
-    {
-        py::gil_scoped_release release;
-#pragma omp parallel for schedule(dynamic, 1)
-        for (int64_t q = 0; q < c; ++q) {
-            const int64_t k = std::max<int64_t>(0, std::min(pc[q], m));
-            float* d = po + q * tile * tile;
-            std::fill(d, d + tile * tile, std::numeric_limits<float>::infinity());
-            if (k == 0) continue;
-            dist2_tile(pl + q * m * 2, k, tile, d);
-        }
-    }
-    return out;
-}
-
 }  // namespace
 
 void register_update(py::module_& m) {
@@ -396,8 +346,6 @@ void register_update(py::module_& m) {
           py::arg("lam_edge"), py::arg("edge_delta"), py::arg("lam_prox"), py::arg("return_energy"),
           "One TT-GPR inner step z - eta*g for a tile batch (SPEC 4.4), and the energy per tile (float64) "
           "or None");
-    m.def("seed_dist2", &seed_dist2, py::arg("local"), py::arg("counts"), py::arg("tile"),
-          "Squared distance to the nearest of each tile's seeds, (c, T, T) float32, +inf without seeds");
     m.def("seed_maps", &seed_maps, py::arg("local"), py::arg("counts"), py::arg("tile"), py::arg("lut_s"),
           py::arg("lut_w"), py::arg("valid") = py::none(),
           "Seed dots S and blend maps W (c, T, T) from look-up tables indexed by the squared distance to the "

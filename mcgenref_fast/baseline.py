@@ -143,7 +143,13 @@ def tophat_detect(image: np.ndarray, breast_mask: np.ndarray, spacing_mm: float 
                   cfg: TopHatConfig = TopHatConfig()) -> TopHatResult:
     """Top-hat detection: pseudo-probability map, mask (= prob ≥ 0.5), response and threshold."""
     breast_mask = np.asarray(breast_mask, dtype=bool)
-    resp = tophat_response(image, breast_mask, spacing_mm, cfg)
+    return detect_from_response(tophat_response(image, breast_mask, spacing_mm, cfg), breast_mask, cfg)
+
+
+def detect_from_response(resp: np.ndarray, breast_mask: np.ndarray, cfg: TopHatConfig = TopHatConfig()) -> TopHatResult:
+    """`tophat_detect`'s thresholding of a computed `tophat_response` (only this part depends on `cfg.k`,
+    `scale_sd`, `min_area_px`: a sweep over them reuses one response)."""
+    breast_mask = np.asarray(breast_mask, dtype=bool)
     vals = resp[breast_mask].astype(np.float64)
     mean = float(vals.mean()) if vals.size else 0.0
     sd = float(vals.std()) if vals.size else 0.0

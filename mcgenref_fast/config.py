@@ -92,7 +92,12 @@ def config_to_dict(cfg: Any) -> dict:
 
 def config_hash(*cfgs: Any) -> str:
     """Stable sha256 (first 16 hex digits) of one or more config dataclasses."""
-    blob = json.dumps([{type(c).__name__: config_to_dict(c)} for c in cfgs], sort_keys=True, default=str)
+    return hash_named_dicts([(type(c).__name__, config_to_dict(c)) for c in cfgs])
+
+
+def hash_named_dicts(named: list[tuple[str, dict]]) -> str:
+    """`config_hash` of (class name, field dict) pairs, for callers that edit the fields first."""
+    blob = json.dumps([{name: fields} for name, fields in named], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -291,21 +291,9 @@ def blend_map(seeds: torch.Tensor, seed_counts: torch.Tensor, tile_px: int, rho_
 
 def seed_distance2(local: torch.Tensor, counts: torch.Tensor, tile_px: int) -> torch.Tensor:
     """d² (c, T, T) float32: squared distance from each pixel to the nearest of the first `counts[q]` seeds of
-    tile q (`local` (c, m, 2) tile-local (row, col) px, integers), +inf for a tile without seeds.
-
-    Integer coordinates make every d² exact in float32, so the C++ extension's `seed_dist2` (on the CPU,
-    OpenMP over tiles) and the torch loop of `seed_distance2_fixed` (elsewhere, or without the extension)
-    give identical results.
-    """
-    c = int(local.shape[0])
-    device = local.device
-    if c and device.type == "cpu" and not local.is_floating_point():
-        cpp = _cpp_tiler()
-        if cpp is not None and hasattr(cpp, "seed_dist2"):
-            counts_np = counts.to("cpu", torch.int64).contiguous().numpy()
-            local_np = local.to(torch.int64).contiguous().numpy()
-            return torch.from_numpy(np.asarray(cpp.seed_dist2(local_np, counts_np, int(tile_px))))
-    return seed_distance2_fixed(local, counts, tile_px)   # no host sync on CUDA; same exact values
+    tile q (`local` (c, m, 2) tile-local (row, col) px, integers), +inf for a tile without seeds. Integer
+    coordinates make every d² exact in float32 (`seed_distance2_fixed` computes it, on any device)."""
+    return seed_distance2_fixed(local, counts, tile_px)
 
 
 SEEDS_ENV_VAR = "MCGENREF_SEEDS"

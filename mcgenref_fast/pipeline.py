@@ -6,8 +6,6 @@ plain data, `Engine.run_file` reads a file and writes every output of the shared
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +15,7 @@ import numpy as np
 import torch
 
 from mcgenref_fast.baseline import TopHatConfig
-from mcgenref_fast.config import CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict
+from mcgenref_fast.config import CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict, hash_named_dicts
 from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.net_exec import PRECISIONS, Precision, upload
 from mcgenref_fast.tiling import make_grid
@@ -55,8 +53,7 @@ def engine_config_hash(cfg: EngineConfig) -> str:
     fields = config_to_dict(cfg)
     if fields.get("precision") == "fp32":
         del fields["precision"]
-    blob = json.dumps([{type(cfg).__name__: fields}], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hash_named_dicts([(type(cfg).__name__, fields)])
 
 
 def outline_mcs_mask(mask: np.ndarray, findings: Any) -> Optional[np.ndarray]:
@@ -147,7 +144,7 @@ class Engine:
     # ------------------------------------------------------------------------------------ canonical
     def analyse(self, canonical: Any) -> Analysis:
         """Segment a `CanonicalImage`: probability map, mask (p ≥ threshold, in the breast) and findings."""
-        from mcgenref_fast.findings import extract_findings
+        from mcgenref_fast.findings import extract_findings_canonical
 
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -175,10 +172,7 @@ class Engine:
         timings["segment_s"] = time.perf_counter() - t
         t = time.perf_counter()
         mask = (prob >= threshold) & canonical.breast_mask
-        findings = extract_findings(prob, mask, canonical.spacing_mm, image=canonical.image,
-                                    to_input=canonical.points_to_input,
-                                    cfg=replace(self.cfg.findings, threshold=threshold),
-                                    breast=canonical.breast_mask)
+        findings = extract_findings_canonical(prob, mask, canonical, replace(self.cfg.findings, threshold=threshold))
         timings["findings_s"] = time.perf_counter() - t
         return Analysis(canonical, prob, mask, findings, timings, n_tiles, diagnostics)
 

@@ -62,8 +62,11 @@ def local_maxima(z: torch.Tensor, considered: torch.Tensor | None = None) -> tor
 
 def seed_mask(z: torch.Tensor, breast_mask: torch.Tensor, covered: torch.Tensor,
               threshold_prob: float) -> torch.Tensor:
-    """Bool (H, W) of all seeds of the canvas `z` (conditions 1-3 of the module docstring)."""
-    threshold = torch.tensor(logit(threshold_prob), dtype=z.dtype, device=z.device)  # rounded to Z's dtype
+    """Bool (H, W) of all seeds of the canvas `z` (conditions 1-3 of the module docstring).
+
+    logit(τ_s) is rounded to Z's dtype on the host and compared as a Python scalar (exactly representable in
+    that dtype, so the same comparison) — no host→device copy of the threshold on a GPU."""
+    threshold = float(torch.tensor(logit(threshold_prob), dtype=z.dtype))  # rounded to Z's dtype, on the CPU
     above = z >= threshold
     return above & breast_mask & local_maxima(z, covered)
 

@@ -23,8 +23,8 @@ The steps above take host syncs on CUDA (`nonzero`, boolean indexing, `int(count
 `extract_seeds_fast` therefore runs a fixed-shape formulation instead (`extract_seeds_fixed`, issue 9), the
 same seeds without a device→host transfer:
 
-1. the per-pixel seed map of the canvas (threshold rounded to Z's dtype on the host, breast, covered, and
-   the 3×3 rule by shifted comparisons: `seeds.local_maxima`);
+1. the per-pixel seed map of the canvas (`seeds.seed_mask`: threshold rounded to Z's dtype on the host,
+   breast, covered, and the 3×3 rule by shifted comparisons);
 2. per active tile, its T×T window of `key = Z where seed else −inf` (`TileIndex.canvas_index`, −inf on
    padding), laid out row by row: the within-tile flat index is monotone in the canvas raster index;
 3. a stable descending sort of each tile's keys ranks its seeds (Z descending, raster ascending) ahead of
@@ -47,10 +47,10 @@ import torch.nn.functional as F
 
 from mcgenref_fast.config import RefineConfig
 from mcgenref_fast.ops_torch import TileIndex, fixed_shape_seeds
-from mcgenref_fast.seeds import EARLIER_OFFSETS, LATER_OFFSETS, local_maxima, logit
+from mcgenref_fast.seeds import EARLIER_OFFSETS, LATER_OFFSETS, logit, seed_mask
 
 __all__ = ["TileSeeds", "candidate_seeds", "extract_seeds_fast", "extract_seeds_fixed", "assign_to_tiles",
-           "seed_map", "tile_seeds_fixed"]
+           "tile_seeds_fixed"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,17 +163,6 @@ def extract_seeds_fast(z: torch.Tensor, breast_mask: torch.Tensor, covered: torc
 
 
 # ------------------------------------------------------------------------------ fixed shapes (CUDA)
-def seed_map(z: torch.Tensor, breast_mask: torch.Tensor, covered: torch.Tensor, threshold_prob: float
-             ) -> torch.Tensor:
-    """Bool (H, W): the seeds of the canvas `z` (`seeds.seed_mask`, without its host→device threshold copy).
-
-    The threshold logit(τ_s) is rounded to Z's dtype on the host, so comparing with it as a Python scalar
-    (exactly representable in that dtype) is the reference's comparison; the 3×3 rule is
-    `seeds.local_maxima` (shifted comparisons, −inf outside the image and where `covered` is False)."""
-    threshold = float(torch.tensor(logit(threshold_prob), dtype=z.dtype))             # rounded, on the CPU
-    return (z >= threshold) & breast_mask & local_maxima(z, covered)
-
-
 def tile_seeds_fixed(z: torch.Tensor, seeds_px: torch.Tensor, index: TileIndex, max_seeds: int) -> TileSeeds:
     """Each tile's first `max_seeds` seeds of the seed map `seeds_px` (H, W), ranked (Z desc, raster asc),
     with fixed shapes: `local` (n, k, 2), k = min(max_seeds, T²), 0 past `counts[q]` (module docstring)."""
@@ -200,5 +189,5 @@ def extract_seeds_fixed(z: torch.Tensor, breast_mask: torch.Tensor, covered: tor
                         cfg: RefineConfig = RefineConfig()) -> TileSeeds:
     """`extract_seeds_fast` without host syncs (fixed shapes; module docstring): the same seeds and counts,
     `local` (n, min(n_s, T²), 2)."""
-    seeds_px = seed_map(z, breast_mask.to(torch.bool), covered.to(torch.bool), cfg.seed_threshold)
+    seeds_px = seed_mask(z, breast_mask.to(torch.bool), covered.to(torch.bool), cfg.seed_threshold)
     return tile_seeds_fixed(z, seeds_px, index, cfg.max_seeds_per_tile)

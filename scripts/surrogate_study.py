@@ -38,6 +38,7 @@ from mcgenref_fast import ops, tiling
 from mcgenref_fast import refine as fast
 from mcgenref_fast.config import RefineConfig, parse_refine_overrides
 from mcgenref_fast.evaluation.datasets import load_dataset
+from mcgenref_fast.models.flow import euler_project
 from mcgenref_fast.models.weights import load_default_models, load_model
 from mcgenref_fast.ops_torch import TileIndex
 from mcgenref_fast.refine_types import make_noise_canvas
@@ -80,16 +81,12 @@ def flat_field_probe(segmentor: torch.nn.Module, generator: torch.nn.Module, cfg
     c = size // 2
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     dot = torch.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2.0 * cfg.seed_sigma_px ** 2)).float()[None, None]
-    dt = (1.0 - cfg.t0) / cfg.euler_steps
     for with_seed in (True, False):
         seed_map = dot if with_seed else torch.zeros_like(dot)
         outs = []
         for r in range(draws):
             eps = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(r))
-            x = (1.0 - cfg.t0) * eps + cfg.t0 * image
-            for n in range(cfg.euler_steps):
-                x = x + dt * generator(torch.cat([x, seed_map], 1), torch.full((1,), cfg.t0 + n * dt))
-            outs.append(x)
+            outs.append(euler_project(image, seed_map, generator, cfg.t0, cfg.euler_steps, eps=eps))
         x = torch.cat(outs)
         p = torch.sigmoid(segmentor(x))[:, 0, c, c]
         mean = x.mean(0)[0]

@@ -12,7 +12,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from mcgenref_fast.baseline import TopHatConfig, tophat_detect
+from mcgenref_fast.baseline import TopHatConfig, detect_from_response, tophat_response
 from mcgenref_fast.evaluation.datasets import load_dataset
 from mcgenref_fast.metrics import Confusion, confusion, pixel_metrics
 
@@ -32,12 +32,10 @@ def main() -> None:
         if truth.mask is None:
             continue
         breast_in = canonical.mask_to_input(canonical.breast_mask)
+        resp = tophat_response(canonical.image, canonical.breast_mask, canonical.spacing_mm, TopHatConfig())
         for k in args.k:
-            det = tophat_detect(canonical.image, canonical.breast_mask, canonical.spacing_mm,
-                                replace(TopHatConfig(), k=k)).mask
-            c = confusion(canonical.mask_to_input(det), truth.mask, breast_in)
-            t = totals[k]
-            totals[k] = Confusion(t.tp + c.tp, t.fp + c.fp, t.fn + c.fn, t.tn + c.tn)
+            det = detect_from_response(resp, canonical.breast_mask, replace(TopHatConfig(), k=k)).mask
+            totals[k] = totals[k] + confusion(canonical.mask_to_input(det), truth.mask, breast_in)
     print(f"{len(items)} images of {args.path}\n\n| k | Dice | precision | recall | G-Mean |\n|---|---|---|---|---|")
     best = max(args.k, key=lambda k: pixel_metrics(totals[k]).dice)
     for k in args.k:

@@ -21,6 +21,15 @@ def left_breast_mask(h: int, w: int) -> torch.Tensor:
     return mask
 
 
+def seed_test_breast(kind: str, h: int, w: int, rng: "np.random.Generator") -> torch.Tensor:
+    """Breast masks of the seed tests: 'full', 'sparse' (~3 % scattered pixels) or else `left_breast_mask`."""
+    if kind == "full":
+        return torch.ones((h, w), dtype=torch.bool)
+    if kind == "sparse":
+        return torch.from_numpy(rng.random((h, w)) > 0.97)
+    return left_breast_mask(h, w)
+
+
 def kernel_test_mask(h: int, w: int, kind: str, rng: "np.random.Generator") -> "np.ndarray":
     """Breast masks of the kernel tests: 'full' (all breast), 'sparse' (~3 % scattered pixels: inactive
     tiles) or 'disc' (a disc centred on the left edge, chest wall left)."""

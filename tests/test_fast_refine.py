@@ -22,7 +22,7 @@ from mcgenref_fast.refine_types import (RefineResult, TileTensors, blend_weight_
                                         make_noise_canvas, seed_dots)
 from mcgenref_fast.seeds import extract_seeds
 from mcgenref_fast.seeds_fast import extract_seeds_fast
-from refine_inputs import flat_image_with_spots, left_breast_mask
+from refine_inputs import flat_image_with_spots, left_breast_mask, seed_test_breast
 from tiny_models import make_tiny_generator, make_tiny_segmentor
 
 CFG = RefineConfig(tiles=TileConfig(32, 8))
@@ -94,20 +94,12 @@ SEED_GRIDS = [(45, 71, 32, 8, "part"), (20, 27, 32, 8, "full"), (66, 66, 32, 16,
               (40, 90, 17, 0, "sparse"), (37, 61, 13, 6, "part")]
 
 
-def _breast_kind(kind: str, h: int, w: int, rng: np.random.Generator) -> torch.Tensor:
-    if kind == "full":
-        return torch.ones((h, w), dtype=torch.bool)
-    if kind == "sparse":
-        return torch.from_numpy(rng.random((h, w)) > 0.97)
-    return _breast(h, w)
-
-
 @pytest.mark.parametrize("h,w,t,o,kind", SEED_GRIDS)
 @pytest.mark.parametrize("max_seeds", [64, 3])
 def test_vectorised_seeds_equal_the_reference(h, w, t, o, kind, max_seeds):
     rng = np.random.default_rng(h * w + t + max_seeds)
     cfg = RefineConfig(tiles=TileConfig(t, o), max_seeds_per_tile=max_seeds)
-    breast = _breast_kind(kind, h, w, rng)
+    breast = seed_test_breast(kind, h, w, rng)
     grid = tiling.make_grid((h, w), breast.numpy(), cfg.tiles)
     index = TileIndex.from_grid(grid)
     tiles = TileTensors.from_grid(grid)

@@ -242,7 +242,7 @@ def test_seed_stages_take_no_host_sync_and_equal_the_cpu_path():
     m = want.local.shape[1]
     assert torch.equal(got.counts.cpu(), want.counts) and torch.equal(got.origins.cpu(), want.origins)
     assert torch.equal(got.local[:, :m].cpu(), want.local) and bool((got.local[:, m:] == 0).all())
-    d2_cpu = ops_torch.seed_distance2(want.local, want.counts, 128)                              # C++, exact
+    d2_cpu = ops_torch.seed_distance2(want.local, want.counts, 128)                              # CPU, exact
     assert torch.equal(ops_torch.seed_distance2_fixed(got.local, got.counts, 128).cpu(), d2_cpu)
     s_ref, w_ref = ops_torch._seed_maps_from_d2(d2_cpu.to(CUDA), cfg.seed_sigma_px, cfg.blend_rho_px,
                                                 cfg.blend_gamma, index.valid)                # device ops

@@ -17,9 +17,9 @@ from mcgenref_fast import refine as fast
 from mcgenref_fast.config import RefineConfig, TileConfig
 from mcgenref_fast.ops_torch import TileIndex
 from mcgenref_fast.refine_types import TileTensors
-from mcgenref_fast.seeds import extract_seeds, seed_mask
-from mcgenref_fast.seeds_fast import extract_seeds_fast, extract_seeds_fixed, seed_map
-from refine_inputs import flat_image_with_spots, left_breast_mask
+from mcgenref_fast.seeds import extract_seeds, local_maxima, logit, seed_mask
+from mcgenref_fast.seeds_fast import extract_seeds_fast, extract_seeds_fixed
+from refine_inputs import flat_image_with_spots, left_breast_mask, seed_test_breast
 from tiny_models import make_tiny_generator, make_tiny_segmentor
 
 # (H, W, T, O, breast kind): tiles not dividing, one tile larger than the image, exactly one tile, O = T/2,
@@ -28,18 +28,10 @@ GRIDS = [(45, 71, 32, 8, "part"), (20, 27, 32, 8, "full"), (32, 32, 32, 16, "ful
          (40, 90, 17, 0, "sparse"), (37, 61, 13, 6, "part"), (9, 50, 8, 4, "full")]
 
 
-def _breast(kind: str, h: int, w: int, rng: np.random.Generator) -> torch.Tensor:
-    if kind == "full":
-        return torch.ones((h, w), dtype=torch.bool)
-    if kind == "sparse":
-        return torch.from_numpy(rng.random((h, w)) > 0.97)
-    return left_breast_mask(h, w)
-
-
 def _setup(h, w, t, o, kind, max_seeds, seed):
     rng = np.random.default_rng(seed)
     cfg = RefineConfig(tiles=TileConfig(t, o), max_seeds_per_tile=max_seeds)
-    breast = _breast(kind, h, w, rng)
+    breast = seed_test_breast(kind, h, w, rng)
     grid = tiling.make_grid((h, w), breast.numpy(), cfg.tiles)
     return rng, cfg, breast, grid, TileIndex.from_grid(grid), torch.from_numpy(grid.covered)
 
@@ -122,7 +114,9 @@ def test_float64_canvas_and_the_threshold_rounding():
         z[5, 5] = float(torch.tensor(thr, dtype=dtype))              # exactly at the rounded threshold
         z[5, 20] = float(torch.nextafter(torch.tensor(thr, dtype=dtype), torch.tensor(-10.0, dtype=dtype)))
         want = seed_mask(z, breast, covered, cfg.seed_threshold)
-        assert torch.equal(seed_map(z, breast, covered, cfg.seed_threshold), want)
+        on_device_threshold = torch.tensor(logit(cfg.seed_threshold), dtype=dtype)  # a 0-dim tensor of Z's dtype
+        assert torch.equal(want, (z >= on_device_threshold) & breast & local_maxima(z, covered))
+        assert bool(want[5, 5]) == bool(local_maxima(z, covered)[5, 5]) and not bool(want[5, 20])
         fixed = extract_seeds_fixed(z, breast, covered, index, cfg)
         compact = extract_seeds_fast(z, breast, covered, index, cfg, fixed_shape=False)
         _assert_same(fixed, compact, extract_seeds(z, breast, covered, TileTensors.from_grid(grid).origins, cfg),

@@ -118,24 +118,26 @@ def map_config_hash(engine: Any) -> str:
     return engine_config_hash(replace(cfg, findings=FindingsConfig(), overlay_max_side_px=0, write_seg=False))
 
 
-def prob_cache_key(item: EvalItem, engine: Any, engine_digest: Optional[dict] = None) -> str:
+def prob_cache_key(item: EvalItem, engine: Any, engine_digest: Optional[dict] = None,
+                   map_hash: Optional[str] = None) -> str:
     """Key of an item's canonical probability map under an engine: (image file, method, the map's config hash
-    (`map_config_hash`), weights)."""
+    (`map_config_hash`, or `map_hash` when the caller has it), weights)."""
     breast = None
     if item.breast_mask_path is not None:
         p = Path(item.breast_mask_path)
         breast = {"path": str(p.resolve()), "size": p.stat().st_size if p.exists() else None}
     return _digest({
         "image": item.file_identity(), "id": item.id, "kind": item.kind, "spacing_mm": item.spacing_mm,
-        "breast": breast, "method": engine.cfg.method, "config_hash": map_config_hash(engine),
+        "breast": breast, "method": engine.cfg.method,
+        "config_hash": map_hash if map_hash is not None else map_config_hash(engine),
         "weights": engine_digest if engine_digest is not None else weights_digest(engine),
     })
 
 
-def record_key(prob_key: str, threshold: float, settings: EvalSettings, findings_cfg: Any = None) -> str:
+def record_key(prob_key: str, threshold: float, settings: EvalSettings, findings_cfg: FindingsConfig) -> str:
     """Key of one scored record: the map, the threshold, the scoring settings and the findings settings."""
     return _digest({"prob": prob_key, "threshold": float(threshold), "scoring": settings.scoring_dict(),
-                    "findings": None if findings_cfg is None else asdict(replace(findings_cfg, threshold=threshold)),
+                    "findings": asdict(replace(findings_cfg, threshold=threshold)),
                     "version": EVAL_VERSION})
 
 
@@ -248,15 +250,13 @@ def score_image(canonical: Any, prob: np.ndarray, truth: Truth, threshold: float
                 findings_cfg: Any) -> dict[str, Any]:
     """Per-image record: pixel confusion counts, MC matches (operating point and FROC candidates), cluster
     matches, findings summary. Levels without truth are None."""
-    from mcgenref_fast.findings import extract_findings
+    from mcgenref_fast.findings import extract_findings_canonical
     from mcgenref_fast.metrics import confusion
 
     prob = np.asarray(prob, np.float32)
     breast = np.asarray(canonical.breast_mask, bool)
     mask = (prob >= threshold) & breast
-    findings = extract_findings(prob, mask, canonical.spacing_mm, image=canonical.image,
-                                to_input=canonical.points_to_input, cfg=replace(findings_cfg, threshold=threshold),
-                                breast=breast)
+    findings = extract_findings_canonical(prob, mask, canonical, replace(findings_cfg, threshold=threshold))
     in_shape = tuple(int(v) for v in canonical.input_shape)
     if tuple(truth.shape) != in_shape:
         raise McGenRefError(f"truth shape {truth.shape} differs from the image's {in_shape}")
@@ -330,6 +330,7 @@ def run_eval(items: Sequence[EvalItem], engines: Mapping[str, Any], out_dir: str
     done = mlog.load()
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     digests = {name: weights_digest(e) for name, e in engines.items()}
+    map_hashes = {name: map_config_hash(e) for name, e in engines.items()}
     runs = {name: MethodRun(name, settings.threshold if settings.threshold is not None else operating_threshold(e),
                             e.cfg.method, e.config_hash, digests[name])
             for name, e in engines.items()}
@@ -341,7 +342,7 @@ def run_eval(items: Sequence[EvalItem], engines: Mapping[str, Any], out_dir: str
             run = runs[name]
             t_item = time.perf_counter()
             try:
-                pkey = prob_cache_key(item, engine, digests[name])
+                pkey = prob_cache_key(item, engine, digests[name], map_hashes[name])
                 rkey = record_key(pkey, run.threshold, settings, engine.cfg.findings)
                 if rkey in done:
                     run.records.append(done[rkey])
@@ -362,7 +363,7 @@ def run_eval(items: Sequence[EvalItem], engines: Mapping[str, Any], out_dir: str
                     seconds = time.perf_counter() - t
                     prob = np.where(np.asarray(can.breast_mask, bool), np.asarray(analysis.prob, np.float32), 0.0)
                     cache.put(pkey, prob, {"item": item.id, "method": engine.cfg.method, "seconds": seconds,
-                                           "map_config_hash": map_config_hash(engine), "shape": list(prob.shape)})
+                                           "map_config_hash": map_hashes[name], "shape": list(prob.shape)})
                     prob = cache.get(pkey).prob if settings.prob_dtype == "float16" else prob.astype(np.float32)
                     run.computed += 1
                     how = f"analysed in {seconds:.1f} s"
