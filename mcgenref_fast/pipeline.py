@@ -123,19 +123,19 @@ class Engine:
 
     def __init__(self, cfg: EngineConfig = EngineConfig(), segmentor: torch.nn.Module | None = None,
                  generator: torch.nn.Module | None = None, device: str | torch.device = "cpu",
-                 weights_sha256: dict[str, str] | None = None, progress: bool = False) -> None:
+                 weights_sha256: dict[str, str] | None = None, progress: bool = False,
+                 weights_dir: str | Path | None = None) -> None:
+        """`segmentor`/`generator` given in memory win; otherwise both are loaded (sha256-checked) from
+        `weights_dir` where its manifest holds them, else from the shipped weights."""
         self.cfg = cfg
         self.device = torch.device(device)
         _check_precision(cfg, self.device)
         self.progress = progress
         self.weights_sha256 = weights_sha256
         if cfg.method != "tophat" and (segmentor is None or generator is None):
-            from mcgenref_fast.models import load_default_models, read_manifest
-            from mcgenref_fast.models.weights import default_weights_dir
+            from mcgenref_fast.models.weights import load_models_over_default
 
-            segmentor, generator = load_default_models(self.device)
-            manifest = read_manifest(default_weights_dir())
-            self.weights_sha256 = {name: entry["sha256"] for name, entry in manifest["models"].items()}
+            segmentor, generator, self.weights_sha256 = load_models_over_default(weights_dir, self.device)
         self.segmentor = None if segmentor is None else segmentor.to(self.device).eval()
         self.generator = None if generator is None else generator.to(self.device).eval()
         self._refine = refine_function(cfg.implementation)

@@ -30,12 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from mcgenref_fast.config import RefineConfig
 from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.models.config import GeneratorConfig, ModelConfig, SegmentorConfig, config_to_dict
-from mcgenref_fast.models.flow import flow_loss, sample_time
+from mcgenref_fast.models.flow import flow_loss, sample_time, seed_blend_weight
 from mcgenref_fast.models.unet import Segmentor
 from mcgenref_fast.models.velocity import VelocityNet
 from mcgenref_fast.models.weights import save_model
+from mcgenref_fast.surrogate_loss import surrogate_consistency_loss
 
 VAL_SEED_OFFSET = 10**9
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -74,6 +76,9 @@ class TrainConfig:
     num_workers: int = 0
     amp: bool = True                  # autocast on CUDA only (bf16 when supported, else fp16)
     init_from: str | None = None      # weights directory whose `model` entry starts the run (fine-tuning)
+    seed_weight_floor: float | None = None  # generator: None = plain MSE; else weight floor + (1-floor)·W (blend)
+    surrogate_weight: float = 0.0     # generator: + this x surrogate_loss.surrogate_consistency_loss
+    surrogate_segmentor: str | None = None  # weights dir of the frozen segmentor in that loss (None: shipped)
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -87,6 +92,12 @@ class TrainConfig:
             raise ConfigError("warmup_steps and num_workers must be >= 0")
         if not (math.isfinite(self.dice_weight) and self.dice_weight >= 0):    # NaN / inf: a NaN loss
             raise ConfigError(f"dice_weight must be a finite number >= 0, got {self.dice_weight}")
+        if not (math.isfinite(self.surrogate_weight) and self.surrogate_weight >= 0):
+            raise ConfigError(f"surrogate_weight must be a finite number >= 0, got {self.surrogate_weight}")
+        if self.surrogate_weight > 0 and self.model != "generator":
+            raise ConfigError("surrogate_weight applies to the generator only")
+        if self.seed_weight_floor is not None and not 0.0 <= self.seed_weight_floor <= 1.0:   # NaN fails too
+            raise ConfigError(f"seed_weight_floor must lie in [0, 1], got {self.seed_weight_floor}")
 
 
 @dataclass(frozen=True)
@@ -251,8 +262,19 @@ class _Trainer:
         self.use_amp = cfg.amp and device.type == "cuda"
         self.amp_dtype = (torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.surrogate_segmentor = self._frozen_segmentor() if cfg.surrogate_weight > 0 else None
         self.step = 0
         self.elapsed_s = 0.0
+
+    def _frozen_segmentor(self) -> nn.Module:
+        """The segmentor of the surrogate loss (cfg.surrogate_segmentor, else the shipped one), frozen."""
+        from mcgenref_fast.models.weights import default_weights_dir, load_model
+
+        source = self.cfg.surrogate_segmentor or default_weights_dir()
+        seg = load_model(source, "segmentor", self.device)
+        for p in seg.parameters():
+            p.requires_grad_(False)
+        return seg.eval()
 
     def _init_weights(self, directory: Path) -> None:
         """Start from the `cfg.model` entry of a weights directory (sha256-checked; same architecture)."""
@@ -285,7 +307,18 @@ class _Trainer:
             g = step_generator(seed, step)
             eps = torch.randn(image.shape, generator=g).to(self.device)
             t = sample_time(image.shape[0], self.cfg.t_min, self.cfg.t_max, generator=g, device=self.device)
-            return flow_loss(model, image, seeds, eps, t)
+            refine_cfg = RefineConfig()
+            weight = None
+            if self.cfg.seed_weight_floor is not None:
+                weight = seed_blend_weight(seeds, refine_cfg.blend_rho_px, refine_cfg.blend_gamma,
+                                           self.cfg.seed_weight_floor)
+            loss = flow_loss(model, image, seeds, eps, t, weight)
+            if self.surrogate_segmentor is not None:
+                eps_projection = torch.randn(image.shape, generator=g).to(self.device)
+                mask = batch["mask"].to(self.device, non_blocking=True)
+                loss = loss + self.cfg.surrogate_weight * surrogate_consistency_loss(
+                    model, self.surrogate_segmentor, image, seeds, mask, eps_projection, refine_cfg)
+            return loss
 
     def train_step(self, batch: dict) -> float:
         self.model.train()

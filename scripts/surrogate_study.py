@@ -51,7 +51,7 @@ def crop_pixels(image: np.ndarray, breast: np.ndarray, truth: np.ndarray, segmen
                 generator: torch.nn.Module, cfg: RefineConfig, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(p0, y) at the true-MC pixels, (p0, y) at the false-positive pixels of one canonical crop, and the
-    largest p0 inside each true MC (8-connected component of the truth)."""
+    largest p0 and the largest y inside each true MC (8-connected component of the truth)."""
     img = torch.from_numpy(np.asarray(image, np.float32))
     mask = torch.from_numpy(np.asarray(breast, bool))
     grid = tiling.make_grid(tuple(img.shape), mask.numpy().astype(np.uint8), cfg.tiles)
@@ -68,8 +68,10 @@ def crop_pixels(image: np.ndarray, breast: np.ndarray, truth: np.ndarray, segmen
     far = ~ndimage.binary_dilation(true, iterations=FP_DISTANCE_PX)
     fp = (p0_canvas >= 0.5) & far & np.asarray(breast, bool)
     labels, n_mcs = ndimage.label(true, structure=np.ones((3, 3)))
-    peak = np.asarray(ndimage.maximum(p0_canvas, labels, np.arange(1, n_mcs + 1)), np.float32).reshape(-1)
-    return p0_canvas[true], y_canvas[true], p0_canvas[fp], y_canvas[fp], peak
+    ids = np.arange(1, n_mcs + 1)
+    peak = np.asarray(ndimage.maximum(p0_canvas, labels, ids), np.float32).reshape(-1)
+    peak_y = np.asarray(ndimage.maximum(y_canvas, labels, ids), np.float32).reshape(-1)
+    return p0_canvas[true], y_canvas[true], p0_canvas[fp], y_canvas[fp], peak, peak_y
 
 
 @torch.no_grad()
@@ -140,7 +142,7 @@ def main() -> None:
     if not parts:
         raise SystemExit(f"{args.path}: no semi-real crop at 0.07 mm with injected MCs ({skipped} film crops "
                          "skipped); make the development sets first: python scripts/make_dev_sets.py")
-    p0_t, y_t, p0_f, y_f, peak = (np.concatenate([p[i] for p in parts]) for i in range(5))
+    p0_t, y_t, p0_f, y_f, peak, peak_y = (np.concatenate([p[i] for p in parts]) for i in range(6))
     name = "shipped" if args.generator is None else str(args.generator)
     print(f"generator {name}, t0 {cfg.t0}, N {cfg.euler_steps}, {args.set or 'defaults'}, {len(parts)} crops at 0.07 mm "
           f"({skipped} film crops skipped)")
@@ -151,6 +153,11 @@ def main() -> None:
     print(f"true MCs {peak.size}: max p0 inside < {cfg.seed_threshold} (no seed can reach them) "
           f"{(peak < cfg.seed_threshold).mean():.3f}, < 0.03: {(peak < 0.03).mean():.3f}, "
           f">= 0.5: {(peak >= 0.5).mean():.3f}")
+    seeded = peak >= cfg.seed_threshold
+    print(f"true MCs reaching 0.5 somewhere inside: p0 {(peak >= 0.5).sum()} -> y {(peak_y >= 0.5).sum()} of "
+          f"{peak.size}; of the {seeded.sum()} that can hold a seed (max p0 >= {cfg.seed_threshold}): mean max p0 "
+          f"{peak[seeded].mean() if seeded.any() else float('nan'):.3f} -> mean max y "
+          f"{peak_y[seeded].mean() if seeded.any() else float('nan'):.3f}")
 
 
 if __name__ == "__main__":

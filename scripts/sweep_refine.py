@@ -2,7 +2,8 @@
 
 Example: python scripts/sweep_refine.py runs/devsets/semireal_shifted --kind semireal --out runs/eval/sweep \
              --set t0=0.85 --set t0=0.95
-Each `--set` is one run: comma-separated `RefineConfig` fields (numbers), e.g. `t0=0.9,outer_iters=2`.
+Each `--set` is one run: comma-separated `RefineConfig` fields (numbers), e.g. `t0=0.9,outer_iters=2`;
+`--weights DIR` runs them with the networks of a weights directory (`mcgenref train ... --export-to DIR`).
 """
 from __future__ import annotations
 
@@ -34,12 +35,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", required=True, dest="settings")
     ap.add_argument("--spacing", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", type=Path, default=None, metavar="DIR",
+                    help="weights directory whose networks replace the shipped ones (as `mcgenref eval --weights`)")
     args = ap.parse_args()
     set_threads(args.threads)
     items = load_dataset(args.kind, args.path, spacing_mm=args.spacing)
     for text in args.settings:
         rcfg = replace(RefineConfig(), **parse_setting(text))
-        engine = Engine(replace(EngineConfig(), refine=rcfg))
+        engine = Engine(replace(EngineConfig(), refine=rcfg), weights_dir=args.weights)
         name = "gpr_" + text.replace("=", "").replace(",", "_")
         out = args.out / name
         run = run_eval(items, {name: engine}, out, EvalSettings())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,14 @@ from mcgenref_fast.models import (
     read_manifest,
     save_model,
 )
-from mcgenref_fast.models.flow import euler_project, flow_loss, interpolate, sample_time, target_velocity
+from mcgenref_fast.models.flow import (
+    euler_project,
+    flow_loss,
+    interpolate,
+    sample_time,
+    seed_blend_weight,
+    target_velocity,
+)
 from mcgenref_fast.models.weights import sha256_file
 
 TINY_SEG = SegmentorConfig(depth=2, base_width=4, max_width=8)
@@ -78,6 +86,38 @@ def test_flow_loss_zero_for_exact_velocity() -> None:
     assert torch.allclose(interpolate(x, eps, torch.zeros(4)), eps)
     assert torch.allclose(interpolate(x, eps, torch.ones(4)), x)
     assert torch.equal(target_velocity(x, eps), x - eps)
+
+
+def test_weighted_flow_loss_is_the_weighted_mean() -> None:
+    g = torch.Generator().manual_seed(4)
+    x, s, eps = (torch.rand(2, 1, 9, 7, generator=g) for _ in range(3))
+    t = sample_time(2, 0.5, 1.0, generator=g)
+    w = torch.rand(2, 1, 9, 7, generator=g)
+    zero = lambda inp, tt: torch.zeros_like(x)                      # noqa: E731
+    err2 = (x - eps) ** 2
+    assert torch.allclose(flow_loss(zero, x, s, eps, t, w), (w * err2).sum() / w.sum())
+    assert torch.allclose(flow_loss(zero, x, s, eps, t, torch.ones_like(w)), flow_loss(zero, x, s, eps, t))
+    only_first = torch.zeros_like(w)
+    only_first[0, 0, 3, 2] = 5.0                                    # one pixel weighted: its error alone
+    assert torch.allclose(flow_loss(zero, x, s, eps, t, only_first), err2[0, 0, 3, 2])
+
+
+def test_seed_blend_weight_matches_tt_gpr_blend() -> None:
+    """floor + (1 - floor)·min(1, γ·exp(-d²/2ρ²)), d to the nearest exact seed peak; no seed → floor."""
+    from mcgenref_fast.synth.seeds import gaussian_dots
+
+    rho, gamma, floor = 4.0, 2.0, 0.1
+    pts = np.array([[5, 6], [20, 3]])
+    maps = torch.from_numpy(np.stack([gaussian_dots(pts, (24, 17)), np.zeros((24, 17), np.float32)]))[:, None]
+    w = seed_blend_weight(maps, rho, gamma, floor)
+    assert w.shape == maps.shape and w.dtype == torch.float32
+    rr, cc = np.mgrid[:24, :17]
+    d2 = np.minimum((rr - 5) ** 2 + (cc - 6) ** 2, (rr - 20) ** 2 + (cc - 3) ** 2)
+    want = floor + (1 - floor) * np.minimum(1.0, gamma * np.exp(-d2 / (2 * rho * rho)))
+    np.testing.assert_allclose(w[0, 0].numpy(), want, rtol=1e-6, atol=1e-6)
+    assert torch.all(w[1] == floor)
+    with pytest.raises(ValueError, match="floor"):
+        seed_blend_weight(maps, rho, gamma, 1.5)
 
 
 def test_euler_exact_for_constant_velocity() -> None:

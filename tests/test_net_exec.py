@@ -190,13 +190,13 @@ def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):
     seen = {}
 
     class FakeEngine:
-        def __init__(self, cfg, device="cpu", progress=False):
-            seen.update(cfg=cfg, device=device)
+        def __init__(self, cfg, device="cpu", progress=False, weights_dir=None):
+            seen.update(cfg=cfg, device=device, weights_dir=weights_dir)
 
     monkeypatch.setattr(pipeline, "Engine", FakeEngine)
     options = {name: getattr(args, name, None) for name in screen._ENGINE_OPTIONS}
     screen.make_engine(options)
-    assert seen["cfg"].precision == "bf16" and seen["device"] == "cuda"
+    assert seen["cfg"].precision == "bf16" and seen["device"] == "cuda" and seen["weights_dir"] is None
     legacy = argparse.Namespace(method="gpr", no_refine=False, reference=False, seed=0, no_seg=False, device="cpu")
     screen.make_engine(vars(legacy))                 # options pickled before the flag existed: fp32
     assert seen["cfg"].precision == "fp32"

@@ -161,3 +161,46 @@ def test_overlay_marks_outline_mcs_in_light_blue(tmp_path: Path) -> None:
         colours[name] = {c: int((rgb == np.array(c, np.uint8)).all(1).sum()) for c in (MC_OUTLINE_RGB, OUTLINE_MC_RGB)}
     assert colours["off"][MC_OUTLINE_RGB] > 0 and colours["off"][OUTLINE_MC_RGB] == 0
     assert colours["wide"][OUTLINE_MC_RGB] > 0 and colours["wide"][MC_OUTLINE_RGB] == 0
+
+
+def test_segment_cli_weights_dir_replaces_only_what_it_holds(tmp_path: Path, capsys) -> None:
+    """`--weights DIR` with only a (re)trained generator: it is used, the shipped segmentor stays, and the
+    provenance names both digests; a folder without a manifest or without either network is a clear error."""
+    from mcgenref_fast.models import GeneratorConfig, VelocityNet, read_manifest
+    from mcgenref_fast.models.weights import default_weights_dir, save_model
+
+    entry = save_model(VelocityNet(GeneratorConfig(depth=1, base_width=4, max_width=8, time_dim=8, time_hidden=8)),
+                       tmp_path / "w")
+    shipped = read_manifest(default_weights_dir())["models"]
+    assert entry["sha256"] != shipped["generator"]["sha256"]
+    src = tmp_path / "img.png"
+    Image.fromarray(phantom_with_mcs()).save(src)
+    rc = main(["segment", str(src), "--out", str(tmp_path / "out"), "--spacing", "0.1", "--no-refine",
+               "--weights", str(tmp_path / "w")])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "out" / "img" / "findings.json").read_text())
+    assert doc["provenance"]["weights_sha256"] == {"segmentor": shipped["segmentor"]["sha256"],
+                                                   "generator": entry["sha256"]}
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text('{"format_version": 1, "models": {"mystery": {}}}')
+    for folder, words in (("empty", "manifest not found"), ("other", "neither a segmentor nor a generator")):
+        rc = main(["segment", str(src), "--out", str(tmp_path / f"out_{folder}"), "--spacing", "0.1",
+                   "--weights", str(tmp_path / folder)])
+        err = capsys.readouterr().err
+        assert rc != 0 and words in err and folder in err and "Traceback" not in err
+
+
+def test_eval_engines_take_the_weights_dir(tmp_path: Path) -> None:
+    """`mcgenref eval --weights DIR` builds its engines through `make_engine(..., weights_dir=DIR)`: the
+    folder's network is the one run (and keyed in the cache through its sha256); the top-hat loads none."""
+    from mcgenref_fast.evaluation.runner import make_engine, weights_digest
+    from mcgenref_fast.models import GeneratorConfig, VelocityNet
+    from mcgenref_fast.models.weights import save_model
+
+    entry = save_model(VelocityNet(GeneratorConfig(depth=1, base_width=4, max_width=8, time_dim=8, time_hidden=8)),
+                       tmp_path / "w")
+    engine = make_engine("gpr", weights_dir=tmp_path / "w")
+    assert engine.generator.weights_info["sha256"] == entry["sha256"]
+    assert weights_digest(engine)["generator"] == entry["sha256"]
+    assert weights_digest(make_engine("tophat", weights_dir=tmp_path / "w")) is None

@@ -32,11 +32,12 @@ def test_crop_pixels_sets_and_peaks() -> None:
     image[40:42, 30:32] += 0.5            # a false positive far from both
     breast = np.ones(image.shape, bool)
     cfg = RefineConfig(tiles=TileConfig(tile_px=32, overlap_px=8))
-    p0_t, y_t, p0_f, y_f, peak = study.crop_pixels(image, breast, truth, make_tiny_segmentor(),
+    p0_t, y_t, p0_f, y_f, peak, peak_y = study.crop_pixels(image, breast, truth, make_tiny_segmentor(),
                                                    make_tiny_generator(), cfg)
     assert p0_t.shape == y_t.shape == (5,)
     assert p0_f.shape == y_f.shape and p0_f.size >= 1 and (p0_f >= 0.5).all()
-    assert peak.shape == (2,)
+    assert peak.shape == peak_y.shape == (2,)
+    assert peak_y[0] == y_t[:4].max()     # MC 1 holds the first four true pixels (raster order)
     assert peak[0] >= 0.5 > peak[1]       # labels in raster order: the bright MC first
 
 

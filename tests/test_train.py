@@ -252,3 +252,33 @@ def test_init_from_refuses_an_architecture_with_the_same_tensor_shapes(tmp_path)
     for other in (dc_replace(TINY_SEG, act="silu"), dc_replace(TINY_SEG, norm_groups=2)):
         with pytest.raises(ConfigError, match="--init-from.*another architecture"):
             _Trainer(_cfg("segmentor", init_from=str(out)), other, tmp_path / "b", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_seed_weight_floor_must_lie_in_unit_interval(value) -> None:
+    with pytest.raises(ConfigError, match="seed_weight_floor"):
+        _cfg("generator", seed_weight_floor=value)
+
+
+class PeakSeedDataset(BlobDataset):
+    """Blobs whose seed maps carry one exact peak (value 1) on an integer pixel, as synth's maps do."""
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(i)
+        item["seeds"][0, 5, 7] = 1.0
+        return item
+
+
+def test_seed_weighted_generator_loss_changes_the_objective(tmp_path) -> None:
+    """`seed_weight_floor` reaches the loss: the first step's loss on the same batch differs from the plain
+    MSE's (it is the blend-weighted mean), and the run config records it."""
+    first = {}
+    for floor in (None, 0.1):
+        cfg = _cfg("generator", steps=1, seed_weight_floor=floor)
+        out = tmp_path / str(floor)
+        train(cfg, out, model_cfg=TINY_GEN, dataset_factory=lambda n, s, p: PeakSeedDataset(n, 11, p),
+              device="cpu", progress=False)
+        rows = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
+        first[floor] = [r["loss"] for r in rows if r["kind"] == "train"][0]
+        assert json.loads((out / "run_config.json").read_text())["train_config"]["seed_weight_floor"] == floor
+    assert first[None] != first[0.1]           # (the weighting itself: test_models)

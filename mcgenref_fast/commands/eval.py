@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mcgenref_fast.commands.segment import add_outline_margin_option, findings_config
+from mcgenref_fast.commands.segment import add_outline_margin_option, add_weights_option, findings_config
 from mcgenref_fast.errors import ConfigError
 
 
@@ -49,6 +49,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--float16-cache", action="store_true",
                    help="store probability maps as float16 (rounded toward 0: exact for float16 thresholds)")
     add_outline_margin_option(p)
+    add_weights_option(p)
     p.set_defaults(func=run)
     return p
 
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path}: no images to evaluate (split {args.split!r})")
     splits_csv = args.splits if args.splits is not None else (find_splits(path) if kind == "mias" else None)
     findings = findings_config(args.outline_margin)
-    engines = {m: make_engine(m, device=args.device, seed=args.seed, reference=args.reference, findings=findings)
+    engines = {m: make_engine(m, device=args.device, seed=args.seed, reference=args.reference, findings=findings,
+                              weights_dir=args.weights)
                for m in methods}
     run_ = run_eval(items, engines, args.out, settings)
     dataset = {"kind": kind, "path": str(path), "n_items": len(items), "limit": args.limit,

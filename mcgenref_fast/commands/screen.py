@@ -18,7 +18,8 @@ from typing import Any
 from mcgenref_fast.commands.segment import add_common_options, engine_from_args, findings_config
 from mcgenref_fast.errors import ConfigError
 
-_ENGINE_OPTIONS = ("method", "no_refine", "reference", "seed", "no_seg", "device", "precision", "outline_margin")
+_ENGINE_OPTIONS = ("method", "no_refine", "reference", "seed", "no_seg", "device", "precision", "outline_margin",
+                   "weights")
 
 
 def make_engine(options: dict[str, Any], device: str | None = None) -> Any:

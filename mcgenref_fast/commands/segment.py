@@ -29,6 +29,14 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
                    help="accept FOR PROCESSING DICOMs (applies -log of the normalised detector signal)")
     p.add_argument("--no-seg", action="store_true", help="do not write seg.dcm for DICOM inputs")
     add_outline_margin_option(p)
+    add_weights_option(p)
+
+
+def add_weights_option(p: argparse.ArgumentParser) -> None:
+    """`--weights DIR`, shared with `eval`."""
+    p.add_argument("--weights", type=Path, default=None, metavar="DIR",
+                   help="weights directory (a `mcgenref train ... --export-to DIR` folder with its manifest.json): "
+                        "its segmentor and/or generator replace the shipped ones (default: shipped weights)")
 
 
 def add_outline_margin_option(p: argparse.ArgumentParser) -> None:
@@ -62,7 +70,7 @@ def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
     cfg = replace(EngineConfig(), method=method, implementation="reference" if args.reference else "fast",
                   seed=args.seed, write_seg=not args.no_seg, precision=getattr(args, "precision", "fp32"),
                   findings=findings_config(getattr(args, "outline_margin", FindingsConfig().outline_margin_mm)))
-    return Engine(cfg, device=args.device, progress=progress)
+    return Engine(cfg, device=args.device, progress=progress, weights_dir=getattr(args, "weights", None))
 
 
 def describe(result: Any) -> str:

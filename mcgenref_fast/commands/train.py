@@ -55,6 +55,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="start from this weights directory's model of the same kind (fine-tuning)")
     p.add_argument("--dice-weight", type=float, default=1.0,
                    help="segmentor loss: BCE + this x soft Dice (default 1.0)")
+    p.add_argument("--seed-weight-floor", type=float, metavar="F",
+                   help="generator loss weighted by TT-GPR's seed blend W (SPEC 4.2): F + (1 - F)·W, F in [0, 1] "
+                        "(default: unweighted)")
+    p.add_argument("--surrogate-weight", type=float, default=0.0, metavar="L",
+                   help="generator: add L x the surrogate-consistency loss (the frozen segmentor on the seed-"
+                        "conditioned projection, scored against the mask; mcgenref_fast/surrogate_loss.py)")
+    p.add_argument("--surrogate-segmentor", type=Path, metavar="WEIGHTS_DIR",
+                   help="weights directory of the frozen segmentor in that loss (default: the shipped one)")
     p.set_defaults(func=run)
     return p
 
@@ -83,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, steps=args.steps, batch=args.batch, patch_px=args.patch, seed=args.seed, lr=args.lr,
         warmup_steps=args.warmup, t_min=args.t_min, t_max=args.t_max, ckpt_every=args.ckpt_every,
         val_every=args.val_every, val_size=args.val_size, num_workers=workers, amp=not args.no_amp,
-        dice_weight=args.dice_weight, init_from=None if args.init_from is None else str(args.init_from),
+        dice_weight=args.dice_weight, seed_weight_floor=args.seed_weight_floor,
+        surrogate_weight=args.surrogate_weight,
+        surrogate_segmentor=None if args.surrogate_segmentor is None else str(args.surrogate_segmentor),
+        init_from=None if args.init_from is None else str(args.init_from),
     )
     backgrounds = None
     data_info: dict = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural backgrounds"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,11 +39,35 @@ def sample_time(n: int, t_min: float = 0.5, t_max: float = 1.0, generator: torch
 
 
 def flow_loss(velocity: Velocity, x: torch.Tensor, seeds: torch.Tensor, eps: torch.Tensor,
-              t: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels and batch of |v([x_t, S], t) - (x - eps)|² (a scalar)."""
+              t: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over pixels and batch of |v([x_t, S], t) - (x - eps)|² (a scalar); with `weight` (broadcast to
+    x), the weighted mean Σ w·err² / Σ w."""
     x_t = interpolate(x, eps, t)
     v = velocity(torch.cat([x_t, seeds], dim=1), t)
-    return torch.mean((v.float() - target_velocity(x, eps).float()) ** 2)
+    err2 = (v.float() - target_velocity(x, eps).float()) ** 2
+    if weight is None:
+        return torch.mean(err2)
+    w = weight.to(err2.device, err2.dtype).expand_as(err2)
+    return torch.sum(w * err2) / torch.sum(w).clamp_min(1e-12)
+
+
+def seed_blend_weight(seeds: torch.Tensor, rho_px: float, gamma: float, floor: float = 0.0) -> torch.Tensor:
+    """Loss weight for the generator from training seed maps (B, 1, H, W): floor + (1 - floor)·W with TT-GPR's
+    seed-consistent blend W(u) = min(1, γ·exp(-d(u)²/(2ρ²))), d the distance (px) to the nearest seed pixel
+    (the map's exact peaks, value 1; SPEC §4 step 2). TT-GPR keeps the generator's output only where W > 0
+    and takes the image elsewhere, so this puts the network's capacity where inference uses it. A map with no
+    seed gets W ≡ 0 (weight `floor`)."""
+    from scipy import ndimage
+
+    if not (rho_px > 0 and gamma >= 0 and 0.0 <= floor <= 1.0):
+        raise ValueError(f"need rho_px > 0, gamma >= 0, 0 <= floor <= 1, got {rho_px}, {gamma}, {floor}")
+    peaks = (seeds.detach().float().cpu().numpy() >= 1.0)
+    out = np.zeros(peaks.shape, np.float32)
+    for idx in np.ndindex(*peaks.shape[:-2]):
+        if peaks[idx].any():
+            d = ndimage.distance_transform_edt(~peaks[idx])
+            out[idx] = np.minimum(1.0, gamma * np.exp(-(d * d) / (2.0 * rho_px * rho_px)))
+    return torch.from_numpy(floor + (1.0 - floor) * out).to(seeds.device)
 
 
 def euler_project(x_img: torch.Tensor, seeds: torch.Tensor, velocity: Velocity, t0: float = 0.7,

@@ -156,3 +156,25 @@ def load_models(directory: str | Path, device: str | torch.device = "cpu") -> tu
 def load_default_models(device: str | torch.device = "cpu") -> tuple[Segmentor, VelocityNet]:
     """The shipped models from mcgenref_fast/weights/manifest.json (sha256-checked), in eval mode."""
     return load_models(default_weights_dir(), device)
+
+
+def load_models_over_default(directory: str | Path | None, device: str | torch.device = "cpu"
+                             ) -> tuple[Segmentor, VelocityNet, dict[str, str]]:
+    """(segmentor, generator, {name: sha256}): each network from `directory`'s manifest when it holds one
+    (a `mcgenref train ... --export-to DIR` folder), else the shipped one — so a folder with only a retrained
+    generator runs with the shipped segmentor. `directory=None` is the shipped pair. A directory without a
+    readable manifest, or with neither network, is a WeightsError."""
+    shipped = default_weights_dir()
+    sources = {"segmentor": shipped, "generator": shipped}
+    if directory is not None:
+        names = read_manifest(directory)["models"]
+        found = [name for name in sources if name in names]
+        if not found:
+            raise WeightsError(f"{Path(directory) / MANIFEST_NAME}: holds neither a segmentor nor a generator "
+                               f"(has: {sorted(names)}); export one there with `mcgenref train ... --export-to DIR`")
+        for name in found:
+            sources[name] = Path(directory)
+    seg = load_model(sources["segmentor"], "segmentor", device)
+    gen = load_model(sources["generator"], "generator", device)
+    digest = {name: str(model.weights_info["sha256"]) for name, model in (("segmentor", seg), ("generator", gen))}
+    return seg, gen, digest  # type: ignore[return-value]
