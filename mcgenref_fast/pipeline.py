@@ -125,8 +125,8 @@ class Engine:
                  generator: torch.nn.Module | None = None, device: str | torch.device = "cpu",
                  weights_sha256: dict[str, str] | None = None, progress: bool = False,
                  weights_dir: str | Path | None = None) -> None:
-        """`segmentor`/`generator` given in memory win; otherwise both are loaded (sha256-checked) from
-        `weights_dir` where its manifest holds them, else from the shipped weights."""
+        """Networks: `segmentor` and `generator` given in memory (both), or else both loaded (sha256-checked)
+        from `weights_dir` where its manifest holds them and from the shipped weights otherwise."""
         self.cfg = cfg
         self.device = torch.device(device)
         _check_precision(cfg, self.device)

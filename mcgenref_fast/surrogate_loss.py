@@ -21,12 +21,13 @@ from mcgenref_fast.models.flow import Velocity, euler_project, seed_blend_weight
 
 def surrogate_consistency_loss(velocity: Velocity, segmentor: nn.Module, image: torch.Tensor,
                                seeds: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor,
-                               cfg: RefineConfig = RefineConfig()) -> torch.Tensor:
+                               cfg: RefineConfig = RefineConfig(), blend: torch.Tensor | None = None
+                               ) -> torch.Tensor:
     """Σ W·BCEwithLogits(f(x̂), m) / Σ W over a batch (B, 1, H, W), x̂ = max(0, W·x + (1 - W)·I) with x the
     Euler projection from t0 (`cfg.t0`, `cfg.euler_steps`, noise `eps`) and W the blend of the seed map's
-    exact peaks (ρ = `cfg.blend_rho_px`, γ = `cfg.blend_gamma`). A batch without any seed gives 0 (no
-    gradient: TT-GPR would skip the generator there)."""
-    w = seed_blend_weight(seeds, cfg.blend_rho_px, cfg.blend_gamma).to(image.dtype)
+    exact peaks (ρ = `cfg.blend_rho_px`, γ = `cfg.blend_gamma`; `blend` passes a W already computed from
+    these seeds). A batch without any seed gives 0 (no gradient: TT-GPR would skip the generator there)."""
+    w = (seed_blend_weight(seeds, cfg.blend_rho_px, cfg.blend_gamma) if blend is None else blend).to(image.dtype)
     if not bool(w.any()):
         return image.new_zeros(())
     x = euler_project(image, seeds, velocity, cfg.t0, cfg.euler_steps, eps=eps)

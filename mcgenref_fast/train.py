@@ -95,7 +95,11 @@ class TrainConfig:
         if not (math.isfinite(self.surrogate_weight) and self.surrogate_weight >= 0):
             raise ConfigError(f"surrogate_weight must be a finite number >= 0, got {self.surrogate_weight}")
         if self.surrogate_weight > 0 and self.model != "generator":
-            raise ConfigError("surrogate_weight applies to the generator only")
+            raise ConfigError("--surrogate-weight (surrogate_weight) applies to the generator only")
+        if self.surrogate_segmentor is not None and not self.surrogate_weight > 0:
+            raise ConfigError("--surrogate-segmentor (surrogate_segmentor) needs --surrogate-weight > 0")
+        if self.seed_weight_floor is not None and self.model != "generator":
+            raise ConfigError("--seed-weight-floor (seed_weight_floor) applies to the generator only")
         if self.seed_weight_floor is not None and not 0.0 <= self.seed_weight_floor <= 1.0:   # NaN fails too
             raise ConfigError(f"seed_weight_floor must lie in [0, 1], got {self.seed_weight_floor}")
 
@@ -308,16 +312,19 @@ class _Trainer:
             eps = torch.randn(image.shape, generator=g).to(self.device)
             t = sample_time(image.shape[0], self.cfg.t_min, self.cfg.t_max, generator=g, device=self.device)
             refine_cfg = RefineConfig()
+            blend = None
+            if self.cfg.seed_weight_floor is not None or self.surrogate_segmentor is not None:
+                blend = seed_blend_weight(seeds, refine_cfg.blend_rho_px, refine_cfg.blend_gamma)
             weight = None
             if self.cfg.seed_weight_floor is not None:
-                weight = seed_blend_weight(seeds, refine_cfg.blend_rho_px, refine_cfg.blend_gamma,
-                                           self.cfg.seed_weight_floor)
+                floor = self.cfg.seed_weight_floor
+                weight = floor + (1.0 - floor) * blend
             loss = flow_loss(model, image, seeds, eps, t, weight)
             if self.surrogate_segmentor is not None:
                 eps_projection = torch.randn(image.shape, generator=g).to(self.device)
                 mask = batch["mask"].to(self.device, non_blocking=True)
                 loss = loss + self.cfg.surrogate_weight * surrogate_consistency_loss(
-                    model, self.surrogate_segmentor, image, seeds, mask, eps_projection, refine_cfg)
+                    model, self.surrogate_segmentor, image, seeds, mask, eps_projection, refine_cfg, blend=blend)
             return loss
 
     def train_step(self, batch: dict) -> float:
@@ -525,6 +532,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, model_cfg: ModelConfig | Non
             "t_range": [cfg.t_min, cfg.t_max] if cfg.model == "generator" else None,
             "ema_decay": cfg.ema_decay if cfg.model == "generator" else None,
             "dice_weight": cfg.dice_weight if cfg.model == "segmentor" else None,
+            "seed_weight_floor": cfg.seed_weight_floor,
+            "surrogate_weight": cfg.surrogate_weight if cfg.model == "generator" else None,
+            "surrogate_segmentor_sha256": (None if trainer.surrogate_segmentor is None
+                                           else trainer.surrogate_segmentor.weights_info["sha256"]),
             "init_from": cfg.init_from,
             "elapsed_s": round(trainer.elapsed_s, 1), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",

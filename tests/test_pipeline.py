@@ -204,3 +204,24 @@ def test_eval_engines_take_the_weights_dir(tmp_path: Path) -> None:
     assert engine.generator.weights_info["sha256"] == entry["sha256"]
     assert weights_digest(engine)["generator"] == entry["sha256"]
     assert weights_digest(make_engine("tophat", weights_dir=tmp_path / "w")) is None
+
+
+def test_weights_dir_option_checks_up_front(tmp_path: Path, monkeypatch) -> None:
+    """`--weights`: None passes; a relative folder comes back absolute (workers and Ray actors elsewhere);
+    with the top-hat only, or a folder without a manifest, a clear error before any image is read."""
+    from mcgenref_fast.commands.segment import weights_dir_option
+    from mcgenref_fast.errors import ConfigError, WeightsError
+    from mcgenref_fast.models import GeneratorConfig, VelocityNet
+    from mcgenref_fast.models.weights import save_model
+
+    save_model(VelocityNet(GeneratorConfig(depth=1, base_width=4, max_width=8, time_dim=8, time_hidden=8)),
+               tmp_path / "w")
+    monkeypatch.chdir(tmp_path)
+    assert weights_dir_option(None, True) is None
+    got = weights_dir_option(Path("w"), True)
+    assert got == tmp_path.resolve() / "w" and got.is_absolute()
+    with pytest.raises(ConfigError, match="top-hat"):
+        weights_dir_option(Path("w"), False)
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(WeightsError, match="manifest not found"):
+        weights_dir_option(Path("bare"), True)

@@ -282,3 +282,34 @@ def test_seed_weighted_generator_loss_changes_the_objective(tmp_path) -> None:
         first[floor] = [r["loss"] for r in rows if r["kind"] == "train"][0]
         assert json.loads((out / "run_config.json").read_text())["train_config"]["seed_weight_floor"] == floor
     assert first[None] != first[0.1]           # (the weighting itself: test_models)
+
+
+@pytest.mark.parametrize("kw,words", [({"model": "segmentor", "seed_weight_floor": 0.1}, "--seed-weight-floor"),
+                                      ({"surrogate_segmentor": "somewhere"}, "--surrogate-weight > 0")])
+def test_generator_only_options_refused_where_they_would_do_nothing(kw, words) -> None:
+    kw = dict(kw)
+    with pytest.raises(ConfigError, match=words):
+        _cfg(kw.pop("model", "generator"), **kw)
+
+
+def test_cli_surrogate_options_reach_the_config_and_the_manifest(tmp_path, monkeypatch, capsys) -> None:
+    import argparse
+
+    import mcgenref_fast.train as train_mod
+    from mcgenref_fast.commands import train as train_cmd
+    from mcgenref_fast.models.weights import save_model
+    from mcgenref_fast.models.unet import Segmentor
+
+    seg_entry = save_model(Segmentor(TINY_SEG), tmp_path / "seg")
+    monkeypatch.setattr(train_mod, "synth_dataset_factory",
+                        lambda backgrounds=None, synth_cfg=None: lambda n, s, p: PeakSeedDataset(n, s, p))
+    parser = argparse.ArgumentParser()
+    train_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "generator", "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2",
+                              "--patch", "16", "--device", "cpu", "--val-size", "2", "--base-width", "4", "--depth",
+                              "1", "--no-progress", "--export-to", str(tmp_path / "w"), "--seed-weight-floor", "0.2",
+                              "--surrogate-weight", "0.5", "--surrogate-segmentor", str(tmp_path / "seg")])
+    assert args.func(args) == 0
+    training = json.loads((tmp_path / "w" / "manifest.json").read_text())["models"]["generator"]["training"]
+    assert training["seed_weight_floor"] == 0.2 and training["surrogate_weight"] == 0.5
+    assert training["surrogate_segmentor_sha256"] == seg_entry["sha256"]

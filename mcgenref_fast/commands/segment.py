@@ -61,6 +61,23 @@ def findings_config(margin_mm: float) -> Any:
     return replace(FindingsConfig(), outline_margin_mm=float(margin_mm))
 
 
+def weights_dir_option(directory: Path | None, uses_networks: bool) -> Path | None:
+    """`--weights DIR` checked up front: None stays None; with only the top-hat (no network) a ConfigError;
+    otherwise the absolute path (workers and Ray actors may run elsewhere) after the manifest check
+    (`models.weights.weights_sources`: WeightsError for a folder without a manifest or without networks)."""
+    from mcgenref_fast.errors import ConfigError
+    from mcgenref_fast.models.weights import weights_sources
+
+    if directory is None:
+        return None
+    if not uses_networks:
+        raise ConfigError(f"--weights {directory}: the top-hat baseline uses no network; drop --weights or "
+                          "choose a network method")
+    resolved = Path(directory).expanduser().resolve()
+    weights_sources(resolved)
+    return resolved
+
+
 def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
     """Build the Engine the options describe."""
     from mcgenref_fast.config import FindingsConfig
@@ -70,7 +87,8 @@ def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
     cfg = replace(EngineConfig(), method=method, implementation="reference" if args.reference else "fast",
                   seed=args.seed, write_seg=not args.no_seg, precision=getattr(args, "precision", "fp32"),
                   findings=findings_config(getattr(args, "outline_margin", FindingsConfig().outline_margin_mm)))
-    return Engine(cfg, device=args.device, progress=progress, weights_dir=getattr(args, "weights", None))
+    weights_dir = weights_dir_option(getattr(args, "weights", None), method != "tophat")
+    return Engine(cfg, device=args.device, progress=progress, weights_dir=weights_dir)
 
 
 def describe(result: Any) -> str:

@@ -56,10 +56,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dice-weight", type=float, default=1.0,
                    help="segmentor loss: BCE + this x soft Dice (default 1.0)")
     p.add_argument("--seed-weight-floor", type=float, metavar="F",
-                   help="generator loss weighted by TT-GPR's seed blend W (SPEC 4.2): F + (1 - F)·W, F in [0, 1] "
+                   help="generator only: flow loss weighted by TT-GPR's seed blend W (SPEC 4.2): F + (1 - F)·W, F in [0, 1] "
                         "(default: unweighted)")
     p.add_argument("--surrogate-weight", type=float, default=0.0, metavar="L",
-                   help="generator: add L x the surrogate-consistency loss (the frozen segmentor on the seed-"
+                   help="generator only: add L x the surrogate-consistency loss (the frozen segmentor on the seed-"
                         "conditioned projection, scored against the mask; mcgenref_fast/surrogate_loss.py)")
     p.add_argument("--surrogate-segmentor", type=Path, metavar="WEIGHTS_DIR",
                    help="weights directory of the frozen segmentor in that loss (default: the shipped one)")

@@ -158,12 +158,10 @@ def load_default_models(device: str | torch.device = "cpu") -> tuple[Segmentor, 
     return load_models(default_weights_dir(), device)
 
 
-def load_models_over_default(directory: str | Path | None, device: str | torch.device = "cpu"
-                             ) -> tuple[Segmentor, VelocityNet, dict[str, str]]:
-    """(segmentor, generator, {name: sha256}): each network from `directory`'s manifest when it holds one
-    (a `mcgenref train ... --export-to DIR` folder), else the shipped one — so a folder with only a retrained
-    generator runs with the shipped segmentor. `directory=None` is the shipped pair. A directory without a
-    readable manifest, or with neither network, is a WeightsError."""
+def weights_sources(directory: str | Path | None) -> dict[str, Path]:
+    """{'segmentor': dir, 'generator': dir}: `directory` for each network its manifest holds, the shipped
+    weights directory for the others. WeightsError when `directory` has no readable manifest or holds
+    neither network (checked without loading any tensor)."""
     shipped = default_weights_dir()
     sources = {"segmentor": shipped, "generator": shipped}
     if directory is not None:
@@ -174,6 +172,16 @@ def load_models_over_default(directory: str | Path | None, device: str | torch.d
                                f"(has: {sorted(names)}); export one there with `mcgenref train ... --export-to DIR`")
         for name in found:
             sources[name] = Path(directory)
+    return sources
+
+
+def load_models_over_default(directory: str | Path | None, device: str | torch.device = "cpu"
+                             ) -> tuple[Segmentor, VelocityNet, dict[str, str]]:
+    """(segmentor, generator, {name: sha256}): each network from `directory`'s manifest when it holds one
+    (a `mcgenref train ... --export-to DIR` folder), else the shipped one — so a folder with only a retrained
+    generator runs with the shipped segmentor. `directory=None` is the shipped pair. A directory without a
+    readable manifest, or with neither network, is a WeightsError."""
+    sources = weights_sources(directory)
     seg = load_model(sources["segmentor"], "segmentor", device)
     gen = load_model(sources["generator"], "generator", device)
     digest = {name: str(model.weights_info["sha256"]) for name, model in (("segmentor", seg), ("generator", gen))}
