@@ -302,11 +302,21 @@ class _Trainer:
 
     # -- one optimisation step
     def loss(self, model: nn.Module, batch: dict, step: int, seed: int) -> torch.Tensor:
+        """The training objective of one batch (the generator's: flow + surrogate_weight · surrogate)."""
+        if self.cfg.model == "segmentor":
+            image = batch["image"].to(self.device, non_blocking=True)
+            mask = batch["mask"].to(self.device, non_blocking=True)
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                return segmentor_loss(model(image), mask, self.cfg.dice_weight)
+        parts = self.generator_loss_parts(model, batch, step, seed)
+        if "surrogate" not in parts:
+            return parts["flow"]
+        return parts["flow"] + self.cfg.surrogate_weight * parts["surrogate"]
+
+    def generator_loss_parts(self, model: nn.Module, batch: dict, step: int, seed: int) -> dict[str, torch.Tensor]:
+        """{'flow': (seed-weighted) flow-matching loss, 'surrogate': surrogate-consistency loss when on}."""
         image = batch["image"].to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            if self.cfg.model == "segmentor":
-                mask = batch["mask"].to(self.device, non_blocking=True)
-                return segmentor_loss(model(image), mask, self.cfg.dice_weight)
             seeds = batch["seeds"].to(self.device, non_blocking=True)
             g = step_generator(seed, step)
             eps = torch.randn(image.shape, generator=g).to(self.device)
@@ -319,13 +329,13 @@ class _Trainer:
             if self.cfg.seed_weight_floor is not None:
                 floor = self.cfg.seed_weight_floor
                 weight = floor + (1.0 - floor) * blend
-            loss = flow_loss(model, image, seeds, eps, t, weight)
+            parts = {"flow": flow_loss(model, image, seeds, eps, t, weight)}
             if self.surrogate_segmentor is not None:
                 eps_projection = torch.randn(image.shape, generator=g).to(self.device)
                 mask = batch["mask"].to(self.device, non_blocking=True)
-                loss = loss + self.cfg.surrogate_weight * surrogate_consistency_loss(
+                parts["surrogate"] = surrogate_consistency_loss(
                     model, self.surrogate_segmentor, image, seeds, mask, eps_projection, refine_cfg, blend=blend)
-            return loss
+            return parts
 
     def train_step(self, batch: dict) -> float:
         self.model.train()
@@ -352,9 +362,15 @@ class _Trainer:
         was_training = model.training
         model.eval()
         losses, tp, fp, fn = [], 0.0, 0.0, 0.0
+        surrogate: list[float] = []
         for i, batch in enumerate(val_batches):
             if self.cfg.model == "generator":
-                losses.append(float(self.loss(model, batch, i, self.cfg.seed + VAL_SEED_OFFSET)))
+                parts = self.generator_loss_parts(model, batch, i, self.cfg.seed + VAL_SEED_OFFSET)
+                total = parts["flow"]
+                if "surrogate" in parts:
+                    surrogate.append(float(parts["surrogate"]))
+                    total = total + self.cfg.surrogate_weight * parts["surrogate"]
+                losses.append(float(total))
                 continue
             image = batch["image"].to(self.device)
             m = batch["mask"].to(self.device)
@@ -367,6 +383,9 @@ class _Trainer:
             fn += float((~pred & mb).sum())
         model.train(was_training)
         out = {"val_loss": float(np.mean(losses))}
+        if surrogate:                   # the parts of a combined generator objective, comparable across runs
+            out["val_surrogate"] = float(np.mean(surrogate))
+            out["val_flow"] = out["val_loss"] - self.cfg.surrogate_weight * out["val_surrogate"]
         if self.cfg.model == "segmentor":
             out["val_dice"] = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
             out["val_recall"] = tp / (tp + fn) if tp + fn else 1.0

@@ -89,8 +89,14 @@ def test_training_with_the_surrogate_term(tmp_path) -> None:
                           val_batch=2, val_every=100, ckpt_every=100, log_every=1, surrogate_weight=weight,
                           surrogate_segmentor=str(seg_dir) if weight > 0 else None)
         out = tmp_path / f"run{weight}"
-        train(cfg, out, model_cfg=tiny_gen, dataset_factory=lambda n, s, p: PeakSeedDataset(n, 11, p),
-              device="cpu", progress=False)
+        result = train(cfg, out, model_cfg=tiny_gen, dataset_factory=lambda n, s, p: PeakSeedDataset(n, 11, p),
+                       device="cpu", progress=False)
+        if weight > 0:          # validation reports the parts of the combined objective
+            v = result.val
+            assert v["val_surrogate"] > 0
+            assert v["val_loss"] == pytest.approx(v["val_flow"] + weight * v["val_surrogate"], rel=1e-9)
+        else:
+            assert "val_surrogate" not in result.val
         rows = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
         first[weight] = [r["loss"] for r in rows if r["kind"] == "train"][0]
     assert first[5.0] > first[0.0]
