@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", required=True, dest="settings")
     ap.add_argument("--spacing", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threshold", type=float, default=None, metavar="T",
+                    help="operating threshold to score at (default: the engine's); cached maps are re-scored")
     ap.add_argument("--weights", type=Path, default=None, metavar="DIR",
                     help="weights directory whose networks replace the shipped ones (as `mcgenref eval --weights`)")
     args = ap.parse_args()
@@ -45,7 +47,7 @@ def main() -> None:
         engine = Engine(replace(EngineConfig(), refine=rcfg), weights_dir=args.weights)
         name = "gpr_" + text.replace("=", "").replace(",", "_")
         out = args.out / name
-        run = run_eval(items, {name: engine}, out, EvalSettings())
+        run = run_eval(items, {name: engine}, out, EvalSettings(threshold=args.threshold))
         write_results(out, build_results(run, {"kind": args.kind, "path": str(args.path)}))
         print(f"wrote {out}/results.md")
 
