@@ -31,7 +31,10 @@ class EngineConfig:
     method: 'gpr' (segmentor + TT-GPR), 'initializer' (segmentor only, `--no-refine`), 'tophat' (the
     classical baseline). implementation: the fast refine or the pure-PyTorch reference. precision: the
     networks' precision in the fast refine, 'fp32' (default; the only one on the CPU), or 'bf16' / 'fp16'
-    on CUDA (`--precision`; SPEC §7's low-precision rule).
+    on CUDA (`--precision`; SPEC §7's low-precision rule). edge_sigma_per_input_pitch: on an input scanned
+    coarser than the canonical pitch (film at 0.2 mm, enlarged s = h_in/h times), TT-GPR's edge weights use
+    σ_I/s, since enlargement divides the intensity step between neighbouring pixels by about s (opt-in,
+    `--pitch-scaled-edge`; README, film: better on the semi-real film crops, worse on mini-MIAS).
     """
 
     canonical: CanonicalConfig = field(default_factory=CanonicalConfig)
@@ -44,6 +47,7 @@ class EngineConfig:
     overlay_max_side_px: int = 2048
     write_seg: bool = True
     precision: Precision = "fp32"
+    edge_sigma_per_input_pitch: bool = False
 
 
 def engine_config_hash(cfg: EngineConfig) -> str:
@@ -53,6 +57,8 @@ def engine_config_hash(cfg: EngineConfig) -> str:
     fields = config_to_dict(cfg)
     if fields.get("precision") == "fp32":
         del fields["precision"]
+    if fields.get("edge_sigma_per_input_pitch") is False:
+        del fields["edge_sigma_per_input_pitch"]
     return hash_named_dicts([(type(cfg).__name__, fields)])
 
 
@@ -159,6 +165,8 @@ class Engine:
             rcfg = self.cfg.refine
             if self.cfg.method == "initializer":
                 rcfg = replace(rcfg, outer_iters=0)
+            elif self.cfg.edge_sigma_per_input_pitch and canonical.input_spacing_mm > canonical.spacing_mm:
+                rcfg = replace(rcfg, edge_sigma_i=rcfg.edge_sigma_i * canonical.spacing_mm / canonical.input_spacing_mm)
             # CPU → CUDA through pinned memory, non-blocking (a plain copy elsewhere)
             image = upload(torch.from_numpy(np.ascontiguousarray(canonical.image, np.float32)), self.device)
             breast = upload(torch.from_numpy(np.ascontiguousarray(canonical.breast_mask, bool)), self.device)

@@ -165,14 +165,17 @@ def test_engine_precision_errors_and_stable_hash():
         Engine(replace(EngineConfig(), precision="bf16"), seg, gen, device="cpu")
     with pytest.raises(ConfigError, match="must be one of"):
         Engine(replace(EngineConfig(), precision="fp8"), seg, gen, device="cpu")  # type: ignore[arg-type]
-    # fp32 leaves `precision` out of the hash: the hash without the field, pinned (findings.json, screen
-    # journals). It moves only when a default that changes outputs does (last: FindingsConfig.outline_margin_mm).
+    # fp32 leaves `precision` out of the hash, and so does edge_sigma_per_input_pitch when off (its default):
+    # the hash without those fields, pinned (findings.json, screen journals). It moves only when a default
+    # that changes outputs does (last: FindingsConfig.outline_margin_mm).
     legacy = dataclasses.asdict(EngineConfig())
     del legacy["precision"]
+    del legacy["edge_sigma_per_input_pitch"]
     blob = json.dumps([{"EngineConfig": legacy}], sort_keys=True, default=str)
     assert engine_config_hash(EngineConfig()) == hashlib.sha256(blob.encode()).hexdigest()[:16] == "7de200d2492d9bad"
     assert Engine(EngineConfig(), seg, gen, device="cpu").config_hash == "7de200d2492d9bad"
     assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != "7de200d2492d9bad"
+    assert engine_config_hash(replace(EngineConfig(), edge_sigma_per_input_pitch=True)) != "7de200d2492d9bad"
 
 
 def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):
@@ -197,6 +200,10 @@ def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):
     options = {name: getattr(args, name, None) for name in screen._ENGINE_OPTIONS}
     screen.make_engine(options)
     assert seen["cfg"].precision == "bf16" and seen["device"] == "cuda" and seen["weights_dir"] is None
+    assert seen["cfg"].edge_sigma_per_input_pitch is False      # the film edge rule is opt-in
+    scaled = build_parser().parse_args(["screen", "d", "--out", "o", "--pitch-scaled-edge"])
+    screen.make_engine({name: getattr(scaled, name, None) for name in screen._ENGINE_OPTIONS})
+    assert seen["cfg"].edge_sigma_per_input_pitch is True
     legacy = argparse.Namespace(method="gpr", no_refine=False, reference=False, seed=0, no_seg=False, device="cpu")
-    screen.make_engine(vars(legacy))                 # options pickled before the flag existed: fp32
-    assert seen["cfg"].precision == "fp32"
+    screen.make_engine(vars(legacy))                 # options pickled before the flags existed: defaults
+    assert seen["cfg"].precision == "fp32" and seen["cfg"].edge_sigma_per_input_pitch is False

@@ -225,3 +225,28 @@ def test_weights_dir_option_checks_up_front(tmp_path: Path, monkeypatch) -> None
     (tmp_path / "bare").mkdir()
     with pytest.raises(WeightsError, match="manifest not found"):
         weights_dir_option(Path("bare"), True)
+
+
+@pytest.mark.parametrize("input_mm,flag,want_scale", [(0.2, True, 0.07 / 0.2), (0.2, False, 1.0),
+                                                       (0.05, True, 1.0)])
+def test_edge_sigma_follows_the_input_pitch_when_asked(tmp_path: Path, input_mm, flag, want_scale) -> None:
+    """`edge_sigma_per_input_pitch`: TT-GPR's σ_I is divided by the enlargement h_in/h on inputs coarser than
+    the canonical pitch (film), unchanged on finer ones and when off; the initializer is untouched."""
+    from mcgenref_fast.canonical import to_canonical
+    from mcgenref_fast.io import read_mammogram
+
+    src = tmp_path / "case.png"
+    Image.fromarray(phantom_with_mcs((120, 90))).save(src)
+    canonical = to_canonical(read_mammogram(src, spacing_mm=input_mm))
+    engine = tiny_engine(edge_sigma_per_input_pitch=flag)
+    seen = []
+    real = engine._refine
+
+    def spy(image, breast, seg, gen, cfg, **kw):
+        seen.append(cfg)
+        return real(image, breast, seg, gen, cfg, **kw)
+
+    engine._refine = spy
+    engine.analyse(canonical)
+    assert seen[0].edge_sigma_i == pytest.approx(SMALL_REFINE.edge_sigma_i * want_scale, rel=1e-12)
+    assert seen[0].lam_edge == SMALL_REFINE.lam_edge

@@ -15,6 +15,7 @@ from typing import Any
 
 from mcgenref_fast.commands.segment import (
     add_outline_margin_option,
+    add_pitch_edge_option,
     add_weights_option,
     findings_config,
     weights_dir_option,
@@ -55,6 +56,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="store probability maps as float16 (rounded toward 0: exact for float16 thresholds)")
     add_outline_margin_option(p)
     add_weights_option(p)
+    add_pitch_edge_option(p)
     p.set_defaults(func=run)
     return p
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     findings = findings_config(args.outline_margin)
     weights_dir = weights_dir_option(args.weights, any(m != "tophat" for m in methods))
     engines = {m: make_engine(m, device=args.device, seed=args.seed, reference=args.reference, findings=findings,
-                              weights_dir=weights_dir)
+                              weights_dir=weights_dir, pitch_scaled_edge=args.pitch_scaled_edge)
                for m in methods}
     run_ = run_eval(items, engines, args.out, settings)
     dataset = {"kind": kind, "path": str(path), "n_items": len(items), "limit": args.limit,

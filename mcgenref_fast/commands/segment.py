@@ -30,6 +30,14 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-seg", action="store_true", help="do not write seg.dcm for DICOM inputs")
     add_outline_margin_option(p)
     add_weights_option(p)
+    add_pitch_edge_option(p)
+
+
+def add_pitch_edge_option(p: argparse.ArgumentParser) -> None:
+    """`--pitch-scaled-edge` (EngineConfig.edge_sigma_per_input_pitch), shared with `eval`."""
+    p.add_argument("--pitch-scaled-edge", action="store_true",
+                   help="on inputs coarser than 0.07 mm (film scans), divide TT-GPR's edge sigma_I by the "
+                        "enlargement (default off: SPEC 4's sigma_I everywhere; README, film)")
 
 
 def add_weights_option(p: argparse.ArgumentParser) -> None:
@@ -86,7 +94,8 @@ def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
     method = "tophat" if args.method == "tophat" else ("initializer" if args.no_refine else "gpr")
     cfg = replace(EngineConfig(), method=method, implementation="reference" if args.reference else "fast",
                   seed=args.seed, write_seg=not args.no_seg, precision=getattr(args, "precision", "fp32"),
-                  findings=findings_config(getattr(args, "outline_margin", FindingsConfig().outline_margin_mm)))
+                  findings=findings_config(getattr(args, "outline_margin", FindingsConfig().outline_margin_mm)),
+                  edge_sigma_per_input_pitch=bool(getattr(args, "pitch_scaled_edge", False)))
     weights_dir = weights_dir_option(getattr(args, "weights", None), method != "tophat")
     return Engine(cfg, device=args.device, progress=progress, weights_dir=weights_dir)
 

@@ -71,15 +71,18 @@ class EvalSettings:
 # Engines and keys
 # --------------------------------------------------------------------------------------------------
 def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool = False,
-                findings: Optional[FindingsConfig] = None, weights_dir: Optional[Path] = None) -> Any:
+                findings: Optional[FindingsConfig] = None, weights_dir: Optional[Path] = None,
+                pitch_scaled_edge: bool = False) -> Any:
     """The Engine for a method name ('gpr', 'initializer', 'tophat'); gpr/initializer load the shipped weights,
-    or those of `weights_dir` (`Engine`)."""
+    or those of `weights_dir` (`Engine`); `pitch_scaled_edge` turns the film edge rule on
+    (`EngineConfig.edge_sigma_per_input_pitch`)."""
     from mcgenref_fast.pipeline import Engine, EngineConfig
 
     if method not in METHODS:
         raise McGenRefError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     cfg = replace(EngineConfig(), method=method, seed=seed, implementation="reference" if reference else "fast",
-                  findings=findings if findings is not None else FindingsConfig())
+                  findings=findings if findings is not None else FindingsConfig(),
+                  edge_sigma_per_input_pitch=pitch_scaled_edge)
     return Engine(cfg, device=device, weights_dir=weights_dir)
 
 
