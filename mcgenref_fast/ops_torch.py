@@ -396,10 +396,17 @@ def seed_blend_maps(local: torch.Tensor, counts: torch.Tensor, tile_px: int, sig
     return _seed_maps_from_d2(d2, sigma_px, rho_px, gamma, valid)
 
 
+def blend_weight_from_d2(d2: torch.Tensor, rho_px: float, gamma: float) -> torch.Tensor:
+    """SPEC §4.2's seed blend W = min(1, γ·exp(−d²/(2ρ²))) from d² (px², squared distance to the nearest seed;
+    +inf where there is none → 0), a new tensor. Shared by the seed maps here and the generator's training
+    weights (`models.flow.seed_blend_weight`)."""
+    return torch.div(d2, -(2.0 * rho_px * rho_px)).exp_().mul_(gamma).clamp_(max=1.0)
+
+
 def _seed_maps_from_d2(d2: torch.Tensor, sigma_px: float, rho_px: float, gamma: float,
                        valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     s_map = torch.div(d2, -(2.0 * sigma_px * sigma_px)).exp_()            # = exp(−d²/(2σ²)), bit for bit
-    w_map = torch.div(d2, -(2.0 * rho_px * rho_px)).exp_().mul_(gamma).clamp_(max=1.0)
+    w_map = blend_weight_from_d2(d2, rho_px, gamma)
     if valid is not None:
         w_map.masked_fill_(~valid.to(torch.bool), 0.0)
     return s_map, w_map

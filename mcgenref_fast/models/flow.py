@@ -59,15 +59,18 @@ def seed_blend_weight(seeds: torch.Tensor, rho_px: float, gamma: float, floor: f
     seed gets W ≡ 0 (weight `floor`)."""
     from scipy import ndimage
 
+    from mcgenref_fast.ops_torch import blend_weight_from_d2
+
     if not (rho_px > 0 and gamma >= 0 and 0.0 <= floor <= 1.0):
         raise ValueError(f"need rho_px > 0, gamma >= 0, 0 <= floor <= 1, got {rho_px}, {gamma}, {floor}")
     peaks = (seeds.detach().float().cpu().numpy() >= 1.0)
-    out = np.zeros(peaks.shape, np.float32)
+    d2 = np.full(peaks.shape, np.inf, np.float32)                 # no seed: W ≡ 0
     for idx in np.ndindex(*peaks.shape[:-2]):
         if peaks[idx].any():
             d = ndimage.distance_transform_edt(~peaks[idx])
-            out[idx] = np.minimum(1.0, gamma * np.exp(-(d * d) / (2.0 * rho_px * rho_px)))
-    return torch.from_numpy(floor + (1.0 - floor) * out).to(seeds.device)
+            d2[idx] = np.rint(d * d)                              # integer offsets: d² is an exact integer
+    w = blend_weight_from_d2(torch.from_numpy(d2), rho_px, gamma)
+    return (floor + (1.0 - floor) * w).to(seeds.device)
 
 
 def euler_project(x_img: torch.Tensor, seeds: torch.Tensor, velocity: Velocity, t0: float = 0.7,
