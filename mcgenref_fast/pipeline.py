@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from mcgenref_fast.baseline import TopHatConfig
-from mcgenref_fast.config import CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict, hash_named_dicts
+from mcgenref_fast.config import (CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict, engine_refine_config,
+                                  hash_named_dicts)
 from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.net_exec import PRECISIONS, Precision, upload
 from mcgenref_fast.tiling import make_grid
@@ -34,11 +35,12 @@ class EngineConfig:
     on CUDA (`--precision`; SPEC §7's low-precision rule). edge_sigma_per_input_pitch: on an input scanned
     coarser than the canonical pitch (film at 0.2 mm, enlarged s = h_in/h times), TT-GPR's edge weights use
     σ_I/s, since enlargement divides the intensity step between neighbouring pixels by about s (opt-in,
-    `--pitch-scaled-edge`; README, film: better on the semi-real film crops, worse on mini-MIAS).
+    `--pitch-scaled-edge`; README, film: mixed, so off). refine:
+    SPEC §4's TT-GPR settings except λ_prox (`config.engine_refine_config`, issue 11's operating point).
     """
 
     canonical: CanonicalConfig = field(default_factory=CanonicalConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
+    refine: RefineConfig = field(default_factory=engine_refine_config)   # SPEC §4 but λ_prox (config.py)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
     tophat: TopHatConfig = field(default_factory=TopHatConfig)
     method: Method = "gpr"

@@ -2,8 +2,11 @@
 
 Example: python scripts/sweep_refine.py runs/devsets/semireal_shifted --kind semireal --out runs/eval/sweep \
              --set t0=0.85 --set t0=0.95
-Each `--set` is one run: comma-separated `RefineConfig` fields (numbers), e.g. `t0=0.9,outer_iters=2`;
-`--weights DIR` runs them with the networks of a weights directory (`mcgenref train ... --export-to DIR`).
+Each `--set` is one run: comma-separated `RefineConfig` fields (numbers) over SPEC §4's defaults (`RefineConfig()`,
+λ_prox 0.05: not the engine's λ_prox 0.2, so `--set lam_prox=0.2` is the shipped default), e.g. `t0=0.9,outer_iters=2`;
+`--weights DIR` runs them with the networks of a weights directory (`mcgenref train ... --export-to DIR`);
+`--pitch-scaled-edge` turns on `EngineConfig.edge_sigma_per_input_pitch` (as `mcgenref eval`), its runs written to
+`OUT/gpr_<set>_pitchedge/`.
 """
 from __future__ import annotations
 
@@ -39,13 +42,16 @@ def main() -> None:
                     help="operating threshold to score at (default: the engine's); cached maps are re-scored")
     ap.add_argument("--weights", type=Path, default=None, metavar="DIR",
                     help="weights directory whose networks replace the shipped ones (as `mcgenref eval --weights`)")
+    ap.add_argument("--pitch-scaled-edge", action="store_true",
+                    help="divide the edge term's sigma_I by the enlargement on coarse inputs (as `mcgenref eval`)")
     args = ap.parse_args()
     set_threads(args.threads)
     items = load_dataset(args.kind, args.path, spacing_mm=args.spacing)
     for text in args.settings:
         rcfg = replace(RefineConfig(), **parse_setting(text))
-        engine = Engine(replace(EngineConfig(), refine=rcfg), weights_dir=args.weights)
-        name = "gpr_" + text.replace("=", "").replace(",", "_")
+        ecfg = replace(EngineConfig(), refine=rcfg, edge_sigma_per_input_pitch=args.pitch_scaled_edge)
+        engine = Engine(ecfg, weights_dir=args.weights)
+        name = "gpr_" + text.replace("=", "").replace(",", "_") + ("_pitchedge" if args.pitch_scaled_edge else "")
         out = args.out / name
         run = run_eval(items, {name: engine}, out, EvalSettings(threshold=args.threshold))
         # another threshold re-scores the cached maps; its tables go beside, not over, the default's

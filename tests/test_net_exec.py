@@ -167,15 +167,18 @@ def test_engine_precision_errors_and_stable_hash():
         Engine(replace(EngineConfig(), precision="fp8"), seg, gen, device="cpu")  # type: ignore[arg-type]
     # fp32 leaves `precision` out of the hash, and so does edge_sigma_per_input_pitch when off (its default):
     # the hash without those fields, pinned (findings.json, screen journals). It moves only when a default
-    # that changes outputs does (last: FindingsConfig.outline_margin_mm).
+    # that changes outputs does (last: the engine's λ_prox 0.2, issue 11; before, 7de200d2492d9bad).
     legacy = dataclasses.asdict(EngineConfig())
     del legacy["precision"]
     del legacy["edge_sigma_per_input_pitch"]
     blob = json.dumps([{"EngineConfig": legacy}], sort_keys=True, default=str)
-    assert engine_config_hash(EngineConfig()) == hashlib.sha256(blob.encode()).hexdigest()[:16] == "7de200d2492d9bad"
-    assert Engine(EngineConfig(), seg, gen, device="cpu").config_hash == "7de200d2492d9bad"
-    assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != "7de200d2492d9bad"
-    assert engine_config_hash(replace(EngineConfig(), edge_sigma_per_input_pitch=True)) != "7de200d2492d9bad"
+    assert engine_config_hash(EngineConfig()) == hashlib.sha256(blob.encode()).hexdigest()[:16] == "d2ea9c6c95e4aed3"
+    assert Engine(EngineConfig(), seg, gen, device="cpu").config_hash == "d2ea9c6c95e4aed3"
+    assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != "d2ea9c6c95e4aed3"
+    assert engine_config_hash(replace(EngineConfig(), edge_sigma_per_input_pitch=True)) != "d2ea9c6c95e4aed3"
+    # the engine starts from SPEC §4's TT-GPR defaults with only λ_prox changed
+    assert EngineConfig().refine == replace(RefineConfig(), lam_prox=0.2) != RefineConfig()
+    assert engine_config_hash(replace(EngineConfig(), refine=RefineConfig())) == "7de200d2492d9bad"
 
 
 def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):
