@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mcgenref_fast.kernels.launch import check_launch
 from mcgenref_fast.ops_torch import TileIndex, check_fuse_args
 
 
@@ -73,8 +74,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
-def fuse_tiles(tiles: torch.Tensor, index: TileIndex) -> torch.Tensor:
-    """Triton twin of `ops_torch.fuse_tiles`: (n, T, T) → (H, W), or (S, n, T, T) → (S, H, W); a new tensor."""
+def fuse_tiles(tiles: torch.Tensor, index: TileIndex, *, block_r: int | None = None, block_c: int | None = None,
+               num_warps: int | None = None) -> torch.Tensor:
+    """Triton twin of `ops_torch.fuse_tiles`: (n, T, T) → (H, W), or (S, n, T, T) → (S, H, W); a new tensor.
+    `block_r` × `block_c` canvas pixels per program (powers of two) and `num_warps` override the launch shape
+    for tuning (`bench/kernel_tuning.py`); the result does not depend on them."""
+    check_launch(block_r=block_r, block_c=block_c, num_warps=num_warps)
     check_fuse_args(tiles, index)
     lead = tuple(tiles.shape[:-3])
     samples = 1
@@ -88,11 +93,11 @@ def fuse_tiles(tiles: torch.Tensor, index: TileIndex) -> torch.Tensor:
         return out.zero_()
     tiles = tiles.contiguous()
     if _interpreting():  # few, large program instances: the interpreter pays per instance
-        block_r = min(triton.next_power_of_2(h), 128)
-        block_c = min(triton.next_power_of_2(w), 128)
-        num_warps = 4
+        default_r, default_c = min(triton.next_power_of_2(h), 128), min(triton.next_power_of_2(w), 128)
+        default_warps = 4
     else:
-        block_r, block_c, num_warps = 4, 128, 4  # a warp per 128-float row segment; ~40 registers
+        default_r, default_c, default_warps = 4, 128, 4  # a warp per 128-float row segment; ~40 registers
+    block_r, block_c, num_warps = block_r or default_r, block_c or default_c, num_warps or default_warps
     grid = (triton.cdiv(h, block_r), triton.cdiv(w, block_c), samples)
     _fuse_tiles_kernel[grid](tiles, index.weights, out, index.axis_y, index.axis_x, index.tile_map,
                              h, w, index.tile_px, index.stride_px, int(index.axis_y.shape[0]),

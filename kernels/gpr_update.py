@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mcgenref_fast.kernels.launch import check_launch
 from mcgenref_fast.ops_torch import TileIndex, check_gpr_args, gpr_params
 
 _DEFAULTS = gpr_params()
@@ -107,17 +108,23 @@ def gpr_update(z: torch.Tensor, y: torch.Tensor, canvas: torch.Tensor, z0: torch
                index: TileIndex, *, eta: float = _DEFAULTS["eta"], lam_ov: float = _DEFAULTS["lam_ov"],
                lam_edge: float = _DEFAULTS["lam_edge"], edge_delta: float = _DEFAULTS["edge_delta"],
                edge_sigma_i: float = _DEFAULTS["edge_sigma_i"], lam_prox: float = _DEFAULTS["lam_prox"],
-               return_energy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Triton twin of `ops_torch.gpr_update` (same arguments and results)."""
+               return_energy: bool = False, block_r: int | None = None,
+               num_warps: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of `ops_torch.gpr_update` (same arguments and results). `block_r` (tile rows per program, a
+    power of two) and `num_warps` override the launch shape for tuning (`bench/kernel_tuning.py`); the result
+    does not depend on them."""
     check_gpr_args(z, y, canvas, z0, image, index)
+    check_launch(block_r=block_r, num_warps=num_warps)
     n, tile = index.n_tiles, index.tile_px
     z, y, canvas, z0, image = (t.contiguous() for t in (z, y, canvas, z0, image))
     out = torch.empty_like(z)
     block_c = triton.next_power_of_2(tile)
-    if _interpreting():  # few, large program instances: the interpreter pays per instance
-        block_r = triton.next_power_of_2(tile)
+    if block_r is not None:  # a tuning override, at most the whole tile
+        block_r = min(block_r, block_c)
+    elif _interpreting():  # few, large program instances: the interpreter pays per instance
+        block_r = block_c
     else:  # ~4 elements per thread: ~80-95 registers (sm_90, T = 256), 3 blocks of 8 warps per SM
-        block_r = max(1, min(triton.next_power_of_2(tile), 1024 // block_c))
+        block_r = max(1, min(block_c, 1024 // block_c))
     n_row_blocks = triton.cdiv(tile, block_r)
     energy_parts = torch.empty((n, n_row_blocks) if return_energy else (1,), dtype=torch.float32,
                                device=z.device)
@@ -128,7 +135,7 @@ def gpr_update(z: torch.Tensor, y: torch.Tensor, canvas: torch.Tensor, z0: torch
                                  float(eta), float(lam_ov), float(lam_edge), float(edge_delta) ** 2,
                                  1.0 / (2.0 * float(edge_sigma_i) ** 2), float(lam_prox),
                                  ENERGY=bool(return_energy), BLOCK_R=block_r, BLOCK_C=block_c,
-                                 num_warps=max(1, min(8, block_r * block_c // 128)))
+                                 num_warps=num_warps or max(1, min(8, block_r * block_c // 128)))
     if not return_energy:
         return out
     return out, energy_parts.sum(dim=1)

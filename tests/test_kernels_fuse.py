@@ -162,3 +162,23 @@ def test_torch_fuse_is_differentiable():
     (grad,) = torch.autograd.grad((canvas * upstream).sum(), tiles)
     expected = index.weights * ops_torch.gather_tiles(upstream, index)
     assert (grad - expected).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("block_r,block_c,num_warps", [(8, 16, 1), (16, 64, 2), (64, 32, None)])
+def test_triton_fuse_launch_override_gives_the_same_canvas(block_r, block_c, num_warps):
+    """The tuning overrides (`bench/kernel_tuning.py`) only re-cut the canvas into programs: the C++ fusion's
+    canvas bit for bit, on an odd grid with O = T/2 and partial last blocks."""
+    grid, index, rng = _case(70, 53, 16, 8, "sparse", seed=4)
+    tiles = (3.0 * rng.standard_normal((2, grid.n_tiles, 16, 16))).astype(np.float32)
+    got = fuse_kernel.fuse_tiles(torch.from_numpy(tiles), index, block_r=block_r, block_c=block_c,
+                                 num_warps=num_warps).numpy()
+    for s in range(2):
+        np.testing.assert_array_equal(got[s], tiling.fuse(tiles[s], grid))
+
+
+@pytest.mark.parametrize("bad", [{"block_r": 6}, {"block_c": -4}, {"num_warps": 33}])
+def test_triton_fuse_rejects_bad_launch_overrides(bad):
+    grid, index, rng = _case(12, 10, 16, 4, "full")
+    tiles = torch.zeros((grid.n_tiles, 16, 16))
+    with pytest.raises(ValueError, match="power of two|at most 32"):
+        fuse_kernel.fuse_tiles(tiles, index, **bad)

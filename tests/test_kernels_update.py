@@ -120,3 +120,24 @@ def test_edge_weight_cache_follows_the_image():
     want, _ = _autograd_step(z, y, z0, i_tiles, tiles, RefineConfig())
     assert (second - want).abs().max() <= TOL
     assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("block_r,num_warps", [(4, 1), (8, 2), (64, None)])
+def test_triton_update_launch_override_gives_the_same_result(block_r, num_warps):
+    """The tuning overrides (`bench/kernel_tuning.py`) change how rows are split over programs, not the result:
+    bit for bit the default launch's step and the same energy, on a grid whose tiles do not divide the image
+    (block_r 64 > T = 32 is clipped to the tile)."""
+    grid, index, tiles, z, y, z0, i_tiles = _case(45, 71, 32, 8, "disc", seed=3)
+    canvas = ops_torch.fuse_tiles(z, index)
+    want, e_want = update_kernel.gpr_update(z, y, canvas, z0, i_tiles, index, return_energy=True)
+    got, e_got = update_kernel.gpr_update(z, y, canvas, z0, i_tiles, index, return_energy=True,
+                                          block_r=block_r, num_warps=num_warps)
+    assert torch.equal(got, want)
+    assert float(e_got.sum()) == pytest.approx(float(e_want.sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"block_r": 3}, {"block_r": 0}, {"num_warps": 64}, {"num_warps": 1.5}])
+def test_triton_update_rejects_bad_launch_overrides(bad):
+    grid, index, tiles, z, y, z0, i_tiles = _case(12, 21, 16, 4, "full")
+    with pytest.raises(ValueError, match="power of two|at most 32"):
+        update_kernel.gpr_update(z, y, ops_torch.fuse_tiles(z, index), z0, i_tiles, index, **bad)
