@@ -41,3 +41,17 @@ def kernel_test_mask(h: int, w: int, kind: str, rng: "np.random.Generator") -> "
         return rng.random((h, w)) > 0.97
     yy, xx = np.ogrid[:h, :w]
     return (yy - h / 2) ** 2 + xx ** 2 <= (0.7 * w) ** 2
+
+
+class LaunchRecorder:
+    """Stands in for a Triton kernel in its launcher's `kernel[grid](...)` call: records (grid, launch keyword
+    arguments) in `launches`, then launches the real kernel (tests of the launchers' launch shapes)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+        return launch

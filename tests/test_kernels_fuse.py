@@ -15,6 +15,7 @@ from mcgenref_fast.config import TileConfig
 from mcgenref_fast.kernels import fuse_tiles as fuse_kernel
 from mcgenref_fast.refine_types import TileTensors
 from mcgenref_fast.refine_types import fuse_tiles as reference_fuse
+from refine_inputs import LaunchRecorder
 
 # (H, W, T, O, mask kind)
 GRIDS = [
@@ -165,13 +166,19 @@ def test_torch_fuse_is_differentiable():
 
 
 @pytest.mark.parametrize("block_r,block_c,num_warps", [(8, 16, 1), (16, 64, 2), (64, 32, None)])
-def test_triton_fuse_launch_override_gives_the_same_canvas(block_r, block_c, num_warps):
+def test_triton_fuse_launch_override_gives_the_same_canvas(block_r, block_c, num_warps, monkeypatch):
     """The tuning overrides (`bench/kernel_tuning.py`) only re-cut the canvas into programs: the C++ fusion's
-    canvas bit for bit, on an odd grid with O = T/2 and partial last blocks."""
+    canvas bit for bit, on an odd grid with O = T/2 and partial last blocks; the launch really used them."""
     grid, index, rng = _case(70, 53, 16, 8, "sparse", seed=4)
     tiles = (3.0 * rng.standard_normal((2, grid.n_tiles, 16, 16))).astype(np.float32)
+    recorder = LaunchRecorder(fuse_kernel._fuse_tiles_kernel)
+    monkeypatch.setattr(fuse_kernel, "_fuse_tiles_kernel", recorder)
     got = fuse_kernel.fuse_tiles(torch.from_numpy(tiles), index, block_r=block_r, block_c=block_c,
                                  num_warps=num_warps).numpy()
+    (launch_grid, kwargs), = recorder.launches
+    used_r, used_c, used_warps = kwargs["BLOCK_R"], kwargs["BLOCK_C"], kwargs["num_warps"]
+    assert (used_r, used_c) == (block_r, block_c) and launch_grid == (-(-70 // block_r), -(-53 // block_c), 2)
+    assert used_warps == (num_warps or 4)
     for s in range(2):
         np.testing.assert_array_equal(got[s], tiling.fuse(tiles[s], grid))
 

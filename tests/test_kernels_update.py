@@ -8,7 +8,7 @@ import torch
 
 from mcgenref_fast import ops, ops_torch, tiling
 from mcgenref_fast.config import RefineConfig, TileConfig
-from refine_inputs import kernel_test_mask
+from refine_inputs import LaunchRecorder, kernel_test_mask
 from mcgenref_fast.energy import energy
 from mcgenref_fast.kernels import gpr_update as update_kernel
 from mcgenref_fast.refine_types import TileTensors, gather_tiles
@@ -123,15 +123,21 @@ def test_edge_weight_cache_follows_the_image():
 
 
 @pytest.mark.parametrize("block_r,num_warps", [(4, 1), (8, 2), (64, None)])
-def test_triton_update_launch_override_gives_the_same_result(block_r, num_warps):
+def test_triton_update_launch_override_gives_the_same_result(block_r, num_warps, monkeypatch):
     """The tuning overrides (`bench/kernel_tuning.py`) change how rows are split over programs, not the result:
     bit for bit the default launch's step and the same energy, on a grid whose tiles do not divide the image
-    (block_r 64 > T = 32 is clipped to the tile)."""
+    (block_r 64 > T = 32 is clipped to the tile); the launch really used the override."""
     grid, index, tiles, z, y, z0, i_tiles = _case(45, 71, 32, 8, "disc", seed=3)
     canvas = ops_torch.fuse_tiles(z, index)
     want, e_want = update_kernel.gpr_update(z, y, canvas, z0, i_tiles, index, return_energy=True)
+    recorder = LaunchRecorder(update_kernel._gpr_update_kernel)
+    monkeypatch.setattr(update_kernel, "_gpr_update_kernel", recorder)
     got, e_got = update_kernel.gpr_update(z, y, canvas, z0, i_tiles, index, return_energy=True,
                                           block_r=block_r, num_warps=num_warps)
+    (launch_grid, kwargs), = recorder.launches
+    used_r, used_warps = kwargs["BLOCK_R"], kwargs["num_warps"]
+    assert used_r == min(block_r, 32) and launch_grid == (index.n_tiles, 32 // used_r)
+    assert num_warps is None or used_warps == num_warps
     assert torch.equal(got, want)
     assert float(e_got.sum()) == pytest.approx(float(e_want.sum()), rel=1e-6)
 
