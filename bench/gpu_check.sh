@@ -15,18 +15,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT:-bench/gpu_out}
 mkdir -p "$OUT_DIR"
-export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 MCGENREF_KERNELS=auto
-[ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-timeout -k 10 75 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
-# The package maps mcgenref_fast.kernels onto kernels/ (pyproject package-dir): without a working editable
-# install (old setuptools, no `wheel`, ...) lay the tree out by hand and build the C++ tiler in place
-# (without pybind11 the numpy twin takes over).
-if ! python3 -c "import mcgenref_fast.kernels" 2>/dev/null; then
-  echo "editable install unusable: in-tree fallback (mcgenref_fast/kernels -> ../kernels, build_ext --inplace)"
-  [ -e mcgenref_fast/kernels ] || ln -s ../kernels mcgenref_fast/kernels
-  timeout -k 10 60 python3 setup.py -q build_ext --inplace 2>&1 | tail -3
-fi
+export TRITON_INTERPRET=0 MCGENREF_KERNELS=auto
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh   # pydicom wheel, editable install (or the in-tree fallback)
 python3 - <<'PY' | tee "$OUT_DIR/device.txt"
 import torch, triton
 print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| triton", triton.__version__)

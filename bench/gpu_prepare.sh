@@ -7,6 +7,8 @@
 # Both are git-ignored through .git/info/exclude. Then, with the device tool (the 2026-11-28 call):
 #   run(command='T0=$(date +%s); export MCGENREF_SHARED_DATA=$PWD/.gpu_data; bash bench/gpu_check.sh;
 #                bash scripts/gpu_train_generator.sh $((T0+565)) 1500', carry=[".whl", ".gpu_data"], timeout_s=595)
+# For issue 11's train-and-score call (scripts/gpu_issue11.sh) also make runs/devsets here
+# (python scripts/make_dev_sets.py, ~20 MB, git-ignored) and carry it; that script's header has the call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${MCGENREF_SHARED_DATA:-../shared/data}

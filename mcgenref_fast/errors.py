@@ -37,3 +37,7 @@ class ConfigError(McGenRefError):
 
 class OutputError(McGenRefError):
     """An output could not be written."""
+
+
+class EvaluationError(McGenRefError):
+    """Evaluation results (results.json of `mcgenref eval`) are missing or unreadable."""

@@ -6,7 +6,8 @@ Each `--set` is one run: comma-separated `RefineConfig` fields (numbers) over SP
 λ_prox 0.05: not the engine's λ_prox 0.2, so `--set lam_prox=0.2` is the shipped default), e.g. `t0=0.9,outer_iters=2`;
 `--weights DIR` runs them with the networks of a weights directory (`mcgenref train ... --export-to DIR`);
 `--pitch-scaled-edge` turns on `EngineConfig.edge_sigma_per_input_pitch` (as `mcgenref eval`), its runs written to
-`OUT/gpr_<set>_pitchedge/`.
+`OUT/gpr_<set>_pitchedge/`. `--device cuda` runs the networks and TT-GPR on a GPU (scripts/gpu_issue11.sh);
+`--limit N` scores the first N images only (a dry run: not comparable with the full set's figures).
 """
 from __future__ import annotations
 
@@ -44,13 +45,15 @@ def main() -> None:
                     help="weights directory whose networks replace the shipped ones (as `mcgenref eval --weights`)")
     ap.add_argument("--pitch-scaled-edge", action="store_true",
                     help="divide the edge term's sigma_I by the enlargement on coarse inputs (as `mcgenref eval`)")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    ap.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate the first N images only")
     args = ap.parse_args()
     set_threads(args.threads)
-    items = load_dataset(args.kind, args.path, spacing_mm=args.spacing)
+    items = load_dataset(args.kind, args.path, spacing_mm=args.spacing, limit=args.limit)
     for text in args.settings:
         rcfg = replace(RefineConfig(), **parse_setting(text))
         ecfg = replace(EngineConfig(), refine=rcfg, edge_sigma_per_input_pitch=args.pitch_scaled_edge)
-        engine = Engine(ecfg, weights_dir=args.weights)
+        engine = Engine(ecfg, device=args.device, weights_dir=args.weights)
         name = "gpr_" + text.replace("=", "").replace(",", "_") + ("_pitchedge" if args.pitch_scaled_edge else "")
         out = args.out / name
         run = run_eval(items, {name: engine}, out, EvalSettings(threshold=args.threshold))

@@ -1,0 +1,157 @@
+"""`mcgenref_fast.evaluation.compare` and scripts/compare_evals.py: rows read back from real results.json files,
+issue 11's bar (TT-GPR vs the initializer on the same images), and clear errors for what is not a result."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mcgenref_fast.cli import main as cli_main
+from mcgenref_fast.errors import EvaluationError
+from mcgenref_fast.evaluation.compare import (
+    DICE_MARGIN,
+    EvalRow,
+    baseline_for,
+    load_rows,
+    recall_bar,
+    rows_markdown,
+)
+from test_eval import make_synthetic_set
+
+_SPEC = importlib.util.spec_from_file_location(
+    "compare_evals", Path(__file__).resolve().parents[1] / "scripts" / "compare_evals.py")
+compare_script = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(compare_script)
+
+
+def _row(method: str, dice: float, recall: float, dataset: str = "d", n: int = 10) -> EvalRow:
+    return EvalRow(run="r", method=method, kind="semireal", dataset=dataset, n_images=n, dice=dice, precision=0.5,
+                   recall=recall, fnr=1 - recall, g_mean=0.7, mc_sensitivity=0.5, fp_mcs_per_image=1.0,
+                   clusters_found=1, clusters_true=2, fp_clusters_per_normal=0.5)
+
+
+@pytest.fixture(scope="module")
+def eval_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `mcgenref eval` run (shipped networks, two tiny synthetic pairs): initializer, TT-GPR, top-hat."""
+    tmp = tmp_path_factory.mktemp("cmp")
+    data = make_synthetic_set(tmp / "syn")
+    out = tmp / "out"
+    assert cli_main(["eval", "--method", "initializer", "--method", "gpr", "--method", "tophat", "--dataset",
+                     "synthetic", str(data), "--out", str(out), "--limit", "2", "--threads", "1"]) == 0
+    return out
+
+
+def test_rows_carry_the_results_json_figures(eval_out: Path) -> None:
+    rows = load_rows([eval_out])
+    doc = json.loads((eval_out / "results.json").read_text())
+    assert [r.method for r in rows] == list(doc["methods"])
+    for r in rows:
+        m = doc["methods"][r.method]
+        pooled = m["pixel"]["pooled"]
+        assert (r.dice, r.precision, r.recall, r.fnr, r.g_mean) == (
+            pooled["dice"], pooled["precision"], pooled["recall"], pooled["fnr"], pooled["g_mean"])
+        assert r.mc_sensitivity == m["mc"]["sensitivity"] and r.fp_mcs_per_image == m["mc"]["fps_per_image"]
+        assert r.clusters_true is None  # synthetic pairs carry no cluster truth
+        assert r.kind == "synthetic" and r.n_images == 2 and r.run == str(eval_out)
+    # the same file named directly gives the same rows
+    assert load_rows([eval_out / "results.json"]) == rows
+
+
+def test_markdown_holds_gpr_rows_to_the_bar_against_the_initializer(eval_out: Path) -> None:
+    rows = load_rows([eval_out])
+    by = {r.method: r for r in rows}
+    verdict = recall_bar(by["gpr"], by["initializer"])
+    assert verdict is not None
+    assert verdict.recall_above == (by["gpr"].recall > by["initializer"].recall)
+    assert verdict.dice_within == (by["gpr"].dice >= by["initializer"].dice - DICE_MARGIN)
+    lines = {line.split(" | ")[1]: line for line in rows_markdown(rows).splitlines()[2:]}
+    assert lines["gpr"].endswith(verdict.text() + " |")
+    assert lines["initializer"].endswith("| – |") and lines["tophat"].endswith("| – |")  # the bar is TT-GPR's
+
+
+def test_bar_is_strict_on_recall_and_fnr_and_inclusive_on_the_dice_margin() -> None:
+    base = _row("initializer", dice=0.5, recall=0.5)
+    assert recall_bar(_row("gpr", dice=0.48, recall=0.51), base).passed          # Dice exactly 0.02 below
+    assert not recall_bar(_row("gpr", dice=0.47, recall=0.51), base).dice_within
+    same = recall_bar(_row("gpr", dice=0.6, recall=0.5), base)
+    assert not same.recall_above and not same.fnr_below and not same.passed     # a tie is not "beats"
+    assert recall_bar(replace(_row("gpr", 0.5, 0.6), recall=None), base) is None
+
+
+def test_baseline_must_have_scored_the_same_images() -> None:
+    base = _row("initializer", 0.5, 0.5, dataset="a", n=10)
+    other_set = _row("gpr", 0.5, 0.6, dataset="b", n=10)
+    fewer = _row("gpr", 0.5, 0.6, dataset="a", n=2)
+    good = _row("gpr", 0.5, 0.6, dataset="a", n=10)
+    rows = [base, other_set, fewer, good]
+    assert baseline_for(other_set, rows) is None and baseline_for(fewer, rows) is None
+    assert baseline_for(good, rows) is base
+    table = rows_markdown(rows).splitlines()
+    assert table[3].endswith("| – |") and table[4].endswith("| – |") and "pass:" in table[5]
+
+
+def test_recall_by_pitch_gets_a_column_per_pitch(tmp_path: Path) -> None:
+    doc = {"dataset": {"kind": "semireal", "path": "x"}, "n_items": 3, "methods": {"gpr": {
+        "n_images": 3, "pixel": {"pooled": {"dice": 0.5, "recall": 0.5, "fnr": 0.5}},
+        "pixel_by_pitch": {"0.07": {"pooled": {"recall": 0.25}}, "0.2": {"pooled": {"recall": 0.75}}}}}}
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    (row,) = load_rows([tmp_path])
+    assert row.recall_by_pitch == {"0.07": 0.25, "0.2": 0.75}
+    header, _, line = rows_markdown([row]).splitlines()
+    assert "recall @ 0.07 mm | recall @ 0.2 mm" in header and "| 0.250 | 0.750 |" in line
+
+
+def test_what_is_not_a_result_raises_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(EvaluationError, match="no such file"):
+        load_rows([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluationError, match="no results.json below"):
+        load_rows([tmp_path / "empty"])
+    bad = tmp_path / "bad" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json")
+    with pytest.raises(EvaluationError, match="unreadable"):
+        load_rows([bad])
+    bad.write_text(json.dumps({"something": 1}))
+    with pytest.raises(EvaluationError, match="not an evaluation results.json"):
+        load_rows([bad.parent])
+    assert compare_script.main([str(bad)]) == 2
+    assert "not an evaluation results.json" in capsys.readouterr().err
+
+
+def test_script_prints_and_writes_the_table(eval_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert compare_script.main([str(eval_out), "--out", str(tmp_path / "t" / "table.md")]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "t" / "table.md").read_text() == rows_markdown(load_rows([eval_out]))
+
+
+def test_sweep_refine_scores_a_limited_set_on_the_given_device(tmp_path: Path) -> None:
+    """scripts/sweep_refine.py with --limit / --device (as scripts/gpu_issue11.sh calls it): one results folder per
+    --set, named after it, scoring only the first N images."""
+    import subprocess
+    import sys
+
+    data = make_synthetic_set(tmp_path / "syn", n=3, size=64)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "sweep_refine.py"), str(data), "--kind",
+                           "synthetic", "--out", str(tmp_path / "sw"), "--set", "t0=0.85,outer_iters=1",
+                           "--limit", "1", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = load_rows([tmp_path / "sw"])
+    assert row.method == "gpr_t00.85_outer_iters1" and row.n_images == 1
+    doc = json.loads((tmp_path / "sw" / "gpr_t00.85_outer_iters1" / "results.json").read_text())
+    assert doc["n_items"] == 1
+
+
+@pytest.mark.parametrize("script", ["bench/gpu_check.sh", "bench/gpu_env.sh", "bench/gpu_prepare.sh",
+                                    "scripts/gpu_train_generator.sh", "scripts/gpu_issue11.sh"])
+def test_device_scripts_parse(script: str) -> None:
+    """The scripts that only run on a lent GPU at least parse here (a syntax error would waste a device call)."""
+    import subprocess
+
+    path = Path(__file__).resolve().parents[1] / script
+    proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
