@@ -16,7 +16,8 @@
 #
 # Env: EVAL_S seconds kept for scoring (default 200); EVAL_DEVICE (cuda); EVAL_LIMIT N scores the first N images
 # only (a dry run, e.g. on a CPU: TRAIN_DEVICE=cpu TRAIN_WORKERS=0 EVAL_DEVICE=cpu EVAL_LIMIT=2); SETTINGS, the
-# TT-GPR settings scored with the new generator, one `sweep_refine.py --set` each (space-separated).
+# TT-GPR settings scored with the new generator on the semi-real set, one `sweep_refine.py --set` each
+# (space-separated; SETTINGS="" scores none), MIAS_SETTINGS likewise on mini-MIAS.
 # Out ($OUT, else runs/gpu_out): gen_gpu.tgz (the training run and its weights), issue11_eval.tgz (every
 # results.md / results.json), issue11_summary.md (the comparison table).
 set -uo pipefail
@@ -31,7 +32,8 @@ EVAL_S=${EVAL_S:-200}
 EVAL_DEVICE=${EVAL_DEVICE:-cuda}
 LIMIT=()
 [ -n "${EVAL_LIMIT:-}" ] && LIMIT=(--limit "$EVAL_LIMIT")
-SETTINGS=${SETTINGS:-"lam_prox=0.2 t0=0.85,lam_prox=0.2 t0=0.85,lam_prox=0.5"}
+SETTINGS=${SETTINGS-"lam_prox=0.2 t0=0.85,lam_prox=0.2 t0=0.85,lam_prox=0.5"}
+MIAS_SETTINGS=${MIAS_SETTINGS-"lam_prox=0.2 t0=0.85,lam_prox=0.2"}
 SEMI=runs/devsets/semireal_shifted
 MIAS=runs/devsets/mias_dev
 EVAL=/tmp/issue11_eval
@@ -45,13 +47,18 @@ W=/tmp/gen_gpu/weights
 if [ ! -f "$W/manifest.json" ]; then
   echo "no trained generator in $W: scoring the shipped networks only"
   SETTINGS=""
+  MIAS_SETTINGS=""
 fi
+[ -f /tmp/gen_gpu/CUT.txt ] && cat /tmp/gen_gpu/CUT.txt
 
 LEFT=$(( DEADLINE - $(date +%s) - 25 ))   # 25 s: the table and the tars
+if [ "$LEFT" -lt 30 ]; then
+  echo "== no time left to score (${LEFT}s): raise EVAL_S or lower STEPS"; exit 0
+fi
 echo "== scoring on $EVAL_DEVICE, all runs at once: ${LEFT}s"
 score() {  # NAME COMMAND...: one scoring process in the background, its log kept
   local name=$1; shift
-  timeout -s INT -k 10 "$LEFT" "$@" --threads 2 "${LIMIT[@]}" > "$EVAL/$name.log" 2>&1 &
+  timeout -s INT -k 10 "$LEFT" "$@" --threads 2 ${LIMIT[@]+"${LIMIT[@]}"} > "$EVAL/$name.log" 2>&1 &
 }
 # the shipped networks, engine defaults: the figures every new row is compared with, on the same device
 score semireal_shipped python3 -m mcgenref_fast eval --method initializer --method gpr --dataset semireal "$SEMI" \
@@ -65,9 +72,14 @@ if [ -n "$SETTINGS" ]; then
       --weights "$W" --device "$EVAL_DEVICE" --set "$S"
     i=$(( i + 1 ))
   done
-  # mini-MIAS with the new generator at the engine's settings (λ_prox 0.2) and at the first t0 0.85 setting
-  score mias_new python3 scripts/sweep_refine.py "$MIAS" --kind mias --out "$EVAL/mias_new" --weights "$W" \
-    --device "$EVAL_DEVICE" --set lam_prox=0.2 --set t0=0.85,lam_prox=0.2
+fi
+if [ -n "$MIAS_SETTINGS" ]; then
+  i=0
+  for S in $MIAS_SETTINGS; do
+    score "mias_new_$i" python3 scripts/sweep_refine.py "$MIAS" --kind mias --out "$EVAL/mias_new" --weights "$W" \
+      --device "$EVAL_DEVICE" --set "$S"
+    i=$(( i + 1 ))
+  done
 fi
 wait
 for f in "$EVAL"/*.log; do echo "-- $(basename "$f" .log): $(grep -c 'analysed in' "$f") image runs; $(tail -n 1 "$f")"; done

@@ -27,10 +27,10 @@ compare_script = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(compare_script)
 
 
-def _row(method: str, dice: float, recall: float, dataset: str = "d", n: int = 10) -> EvalRow:
-    return EvalRow(run="r", method=method, kind="semireal", dataset=dataset, n_images=n, dice=dice, precision=0.5,
-                   recall=recall, fnr=1 - recall, g_mean=0.7, mc_sensitivity=0.5, fp_mcs_per_image=1.0,
-                   clusters_found=1, clusters_true=2, fp_clusters_per_normal=0.5)
+def _row(method: str, dice: float, recall: float, dataset: str = "d", n: int = 10, threshold: float = 0.5) -> EvalRow:
+    return EvalRow(run="r", method=method, kind="semireal", dataset=dataset, n_images=n, threshold=threshold,
+                   dice=dice, precision=0.5, recall=recall, fnr=1 - recall, g_mean=0.7, mc_sensitivity=0.5,
+                   fp_mcs_per_image=1.0, clusters_found=1, clusters_true=2, fp_clusters_per_normal=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_rows_carry_the_results_json_figures(eval_out: Path) -> None:
             pooled["dice"], pooled["precision"], pooled["recall"], pooled["fnr"], pooled["g_mean"])
         assert r.mc_sensitivity == m["mc"]["sensitivity"] and r.fp_mcs_per_image == m["mc"]["fps_per_image"]
         assert r.clusters_true is None  # synthetic pairs carry no cluster truth
-        assert r.kind == "synthetic" and r.n_images == 2 and r.run == str(eval_out)
+        assert r.kind == "synthetic" and r.n_images == 2 and r.run == str(eval_out) and r.threshold == 0.5
     # the same file named directly gives the same rows
     assert load_rows([eval_out / "results.json"]) == rows
 
@@ -79,18 +79,26 @@ def test_bar_is_strict_on_recall_and_fnr_and_inclusive_on_the_dice_margin() -> N
     same = recall_bar(_row("gpr", dice=0.6, recall=0.5), base)
     assert not same.recall_above and not same.fnr_below and not same.passed     # a tie is not "beats"
     assert recall_bar(replace(_row("gpr", 0.5, 0.6), recall=None), base) is None
+    # recall and FNR are judged each on its own (here they disagree, as they cannot in real results)
+    mixed = recall_bar(replace(_row("gpr", dice=0.5, recall=0.6), fnr=0.55), base)
+    assert mixed.recall_above and not mixed.fnr_below and not mixed.passed
 
 
-def test_baseline_must_have_scored_the_same_images() -> None:
+def test_baseline_must_have_scored_the_same_images_at_the_same_threshold() -> None:
     base = _row("initializer", 0.5, 0.5, dataset="a", n=10)
+    base_03 = _row("initializer", 0.45, 0.58, dataset="./a", n=10, threshold=0.3)
     other_set = _row("gpr", 0.5, 0.6, dataset="b", n=10)
     fewer = _row("gpr", 0.5, 0.6, dataset="a", n=2)
     good = _row("gpr", 0.5, 0.6, dataset="a", n=10)
-    rows = [base, other_set, fewer, good]
+    rescored = _row("gpr", 0.5, 0.55, dataset="a", n=10, threshold=0.3)
+    rows = [base, other_set, fewer, good, rescored, base_03]
     assert baseline_for(other_set, rows) is None and baseline_for(fewer, rows) is None
     assert baseline_for(good, rows) is base
+    assert baseline_for(rescored, rows) is base_03       # not the initializer at 0.5, which it would "beat"
+    assert baseline_for(rescored, rows[:-1]) is None
     table = rows_markdown(rows).splitlines()
     assert table[3].endswith("| – |") and table[4].endswith("| – |") and "pass:" in table[5]
+    assert "| 0.30 |" in table[6] and "fail: recall ✗" in table[6]
 
 
 def test_recall_by_pitch_gets_a_column_per_pitch(tmp_path: Path) -> None:
@@ -118,6 +126,11 @@ def test_what_is_not_a_result_raises_a_clear_error(tmp_path: Path, capsys: pytes
     bad.write_text(json.dumps({"something": 1}))
     with pytest.raises(EvaluationError, match="not an evaluation results.json"):
         load_rows([bad.parent])
+    for method in (None, {"n_images": None}, {"n_images": 3, "threshold": "high"}):
+        (tmp_path / "odd").mkdir(exist_ok=True)
+        (tmp_path / "odd" / "results.json").write_text(json.dumps({"methods": {"gpr": method}}))
+        with pytest.raises(EvaluationError, match="method 'gpr' of its results.json is malformed"):
+            load_rows([tmp_path / "odd"])
     assert compare_script.main([str(bad)]) == 2
     assert "not an evaluation results.json" in capsys.readouterr().err
 
@@ -144,6 +157,11 @@ def test_sweep_refine_scores_a_limited_set_on_the_given_device(tmp_path: Path) -
     assert row.method == "gpr_t00.85_outer_iters1" and row.n_images == 1
     doc = json.loads((tmp_path / "sw" / "gpr_t00.85_outer_iters1" / "results.json").read_text())
     assert doc["n_items"] == 1
+    # --device reaches the engine: a device torch does not know stops the run naming it
+    bad = subprocess.run([sys.executable, str(root / "scripts" / "sweep_refine.py"), str(data), "--kind",
+                          "synthetic", "--out", str(tmp_path / "sw2"), "--set", "t0=0.85", "--limit", "1",
+                          "--device", "nodevice"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "nodevice" in bad.stderr
 
 
 @pytest.mark.parametrize("script", ["bench/gpu_check.sh", "bench/gpu_env.sh", "bench/gpu_prepare.sh",

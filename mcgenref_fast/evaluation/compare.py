@@ -8,6 +8,7 @@ figures — and whether TT-GPR beats the initializer on recall and FNR with Dice
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -28,6 +29,7 @@ class EvalRow:
     kind: str                      # dataset kind (semireal, synthetic, mias, inbreast)
     dataset: str                   # dataset path, to match a baseline on the same images
     n_images: int
+    threshold: Optional[float]     # the operating threshold the method was scored at
     dice: Optional[float]
     precision: Optional[float]
     recall: Optional[float]
@@ -41,9 +43,10 @@ class EvalRow:
     recall_by_pitch: dict[str, float] = field(default_factory=dict)
 
     @property
-    def images_key(self) -> tuple[str, str, int]:
-        """Rows with the same key scored the same images."""
-        return (self.kind, self.dataset, self.n_images)
+    def images_key(self) -> tuple[str, str, int, Optional[float]]:
+        """Rows with the same key scored the same images at the same operating threshold (a `--threshold`
+        re-scoring is compared with a baseline re-scored at that threshold, not with the default's)."""
+        return (self.kind, os.path.normpath(self.dataset), self.n_images, self.threshold)
 
 
 @dataclass(frozen=True)
@@ -82,19 +85,29 @@ def rows_from_results(doc: dict[str, Any], run: str) -> list[EvalRow]:
     dataset = str(_get(doc, "dataset", "path") or "?")
     rows = []
     for name, m in methods.items():
-        pooled = _get(m, "pixel", "pooled") or {}
-        by_pitch = _get(m, "pixel_by_pitch") or {}
-        rows.append(EvalRow(
-            run=run, method=name, kind=kind, dataset=dataset, n_images=int(m.get("n_images", doc.get("n_items", 0))),
-            dice=pooled.get("dice"), precision=pooled.get("precision"), recall=pooled.get("recall"),
-            fnr=pooled.get("fnr"), g_mean=pooled.get("g_mean"),
-            mc_sensitivity=_get(m, "mc", "sensitivity"), fp_mcs_per_image=_get(m, "mc", "fps_per_image"),
-            clusters_found=_get(m, "cluster", "n_found"), clusters_true=_get(m, "cluster", "n_true"),
-            fp_clusters_per_normal=_get(m, "cluster", "fp_clusters_per_normal_image"),
-            recall_by_pitch={str(p): v["pooled"]["recall"] for p, v in by_pitch.items()
-                             if _get(v, "pooled", "recall") is not None},
-        ))
+        try:
+            rows.append(_row(run, str(name), kind, dataset, m, doc))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise EvaluationError(f"{run}: method {name!r} of its results.json is malformed ({exc!r}): re-run "
+                                  f"the evaluation") from None
     return rows
+
+
+def _row(run: str, name: str, kind: str, dataset: str, m: dict[str, Any], doc: dict[str, Any]) -> EvalRow:
+    pooled = _get(m, "pixel", "pooled") or {}
+    by_pitch = _get(m, "pixel_by_pitch") or {}
+    threshold = m.get("threshold", _get(doc, "settings", "threshold"))
+    return EvalRow(
+        run=run, method=name, kind=kind, dataset=dataset, n_images=int(m.get("n_images", doc.get("n_items", 0))),
+        threshold=None if threshold is None else float(threshold),
+        dice=pooled.get("dice"), precision=pooled.get("precision"), recall=pooled.get("recall"),
+        fnr=pooled.get("fnr"), g_mean=pooled.get("g_mean"),
+        mc_sensitivity=_get(m, "mc", "sensitivity"), fp_mcs_per_image=_get(m, "mc", "fps_per_image"),
+        clusters_found=_get(m, "cluster", "n_found"), clusters_true=_get(m, "cluster", "n_true"),
+        fp_clusters_per_normal=_get(m, "cluster", "fp_clusters_per_normal_image"),
+        recall_by_pitch={str(p): v["pooled"]["recall"] for p, v in by_pitch.items()
+                         if _get(v, "pooled", "recall") is not None},
+    )
 
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
@@ -135,7 +148,8 @@ def recall_bar(row: EvalRow, baseline: EvalRow, dice_margin: float = DICE_MARGIN
 
 
 def baseline_for(row: EvalRow, rows: Iterable[EvalRow], method: str = BASELINE_METHOD) -> Optional[EvalRow]:
-    """The first `method` row that scored the same images as `row` (None when there is none)."""
+    """The first `method` row that scored the same images as `row` at the same threshold (None when there is
+    none). Pass one device's runs at a time: a CPU and a GPU run of the same set share the key."""
     return next((b for b in rows if b.method == method and b.images_key == row.images_key), None)
 
 
@@ -148,7 +162,7 @@ def rows_markdown(rows: list[EvalRow], baseline_method: str = BASELINE_METHOD) -
     figures, and — for TT-GPR rows (method names starting with 'gpr': `mcgenref eval`'s and sweep_refine.py's) —
     issue 11's bar against the baseline on the same images."""
     pitches = sorted({p for r in rows for p in r.recall_by_pitch}, key=float)
-    head = (["run", "method", "images", "Dice", "precision", "recall", "FNR", "G-Mean"]
+    head = (["run", "method", "images", "T", "Dice", "precision", "recall", "FNR", "G-Mean"]
             + [f"recall @ {p} mm" for p in pitches]
             + ["MC sens.", "FP MCs / image", "clusters", "FP clusters / normal", f"bar vs {baseline_method}"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -156,7 +170,7 @@ def rows_markdown(rows: list[EvalRow], baseline_method: str = BASELINE_METHOD) -
         base = baseline_for(r, rows, baseline_method) if r.method.startswith("gpr") else None
         verdict = None if base is None else recall_bar(r, base)
         clusters = "–" if r.clusters_true in (None, 0) else f"{r.clusters_found} / {r.clusters_true}"
-        cells = ([r.run, r.method, str(r.n_images), _n(r.dice), _n(r.precision), _n(r.recall), _n(r.fnr),
+        cells = ([r.run, r.method, str(r.n_images), _n(r.threshold, 2), _n(r.dice), _n(r.precision), _n(r.recall), _n(r.fnr),
                   _n(r.g_mean)] + [_n(r.recall_by_pitch.get(p)) for p in pitches]
                  + [_n(r.mc_sensitivity), _n(r.fp_mcs_per_image, 2), clusters, _n(r.fp_clusters_per_normal, 2),
                     "–" if verdict is None else verdict.text()])
