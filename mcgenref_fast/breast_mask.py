@@ -66,7 +66,10 @@ def breast_threshold(image: np.ndarray, cfg: BreastMaskConfig = BreastMaskConfig
         small = ndi.gaussian_filter(small, cfg.smooth_sigma_px)
     if float(small.min()) == float(small.max()):
         return float(small.max()), small, factor
-    t_otsu = float(threshold_otsu(small))
+    try:
+        t_otsu = float(threshold_otsu(small))
+    except ValueError:  # a range too narrow for 256 finite bins (float noise on a constant): nothing to separate
+        return float(small.max()), small, factor
     bg = float(np.median(small[small <= t_otsu]))
     return bg + cfg.threshold_fraction * (t_otsu - bg), small, factor
 

@@ -22,6 +22,10 @@ from mcgenref_fast.config import CanonicalConfig
 from mcgenref_fast.io.meta import Mammogram
 
 _MIN_BREAST_PIXELS = 64  # fewer breast pixels than this: normalise on the whole image instead
+# A mammogram is at most a 35 × 43 cm film / detector: an input wider than this in mm has a wrong pixel spacing
+# (and at 0.07 mm/px it would need gigabytes), one under MIN_CANONICAL_SIDE_PX canonical pixels a tiny one.
+MAX_SIDE_MM = 600.0
+MIN_CANONICAL_SIDE_PX = 4
 BICUBIC_A = -0.5  # Keys' kernel: exact on linear and quadratic ramps (torch's -0.75 is not)
 
 
@@ -181,9 +185,26 @@ def normalise(image: np.ndarray, mask: np.ndarray, cfg: CanonicalConfig) -> tupl
     return out.astype(np.float32, copy=False), lo, hi
 
 
+def check_extent(shape: tuple[int, int], input_spacing_mm: float, spacing_mm: float, path: str | None) -> None:
+    """SpacingError when the image, at its pixel spacing, is larger than any mammogram (MAX_SIDE_MM a side) or
+    shrinks to under MIN_CANONICAL_SIDE_PX canonical pixels: in both cases the spacing is wrong."""
+    from mcgenref_fast.errors import SpacingError
+
+    h_mm, w_mm = shape[0] * input_spacing_mm, shape[1] * input_spacing_mm
+    where = f"{shape[1]} × {shape[0]} px at {input_spacing_mm:g} mm/px is {w_mm:.4g} × {h_mm:.4g} mm"
+    if max(h_mm, w_mm) > MAX_SIDE_MM:
+        raise SpacingError(path, f"{where}, larger than any mammogram (at most {MAX_SIDE_MM:g} mm a side)",
+                           "check the pixel spacing: --spacing, or the file's spacing tags")
+    if min(canonical_shape(shape, input_spacing_mm, spacing_mm)) < MIN_CANONICAL_SIDE_PX:
+        raise SpacingError(path, f"{where}, under {MIN_CANONICAL_SIDE_PX} px at the canonical {spacing_mm:g} mm/px",
+                           "check the pixel spacing: --spacing, or the file's spacing tags")
+
+
 def to_canonical(mammogram: Mammogram, cfg: CanonicalConfig = CanonicalConfig()) -> CanonicalImage:
-    """Resample to `cfg.spacing_mm`, flip so the chest wall is on the left, normalise (SPEC §1)."""
+    """Resample to `cfg.spacing_mm`, flip so the chest wall is on the left, normalise (SPEC §1). SpacingError
+    for an extent no mammogram has (`check_extent`), before anything is allocated."""
     meta = mammogram.meta
+    check_extent(mammogram.image.shape, meta.spacing_mm, cfg.spacing_mm, meta.path)
     image = np.asarray(mammogram.image, dtype=np.float32)
     out_shape = canonical_shape(image.shape, meta.spacing_mm, cfg.spacing_mm)
     resampled = resample(image, out_shape)

@@ -9,10 +9,12 @@ itself stays visible inside its ring (one output pixel of gap), even a 1-pixel M
 
 Windowing (SPEC §1: VOI only for display): the DICOM window centre/width and VOI LUT function (LINEAR,
 LINEAR_EXACT, SIGMOID; PS3.3 C.11.2.1.2) when given — in the units of the image passed in — else the
-0.5 % / 99.8 % percentiles of the breast (a triangle threshold when no breast mask is given).
+0.5 % / 99.8 % percentiles of the breast (a triangle threshold when no breast mask is given). An
+unknown function is windowed LINEAR, an unusable centre/width automatically (with a warning).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -134,6 +136,39 @@ def apply_voi(image: np.ndarray, voi: VOIWindow) -> np.ndarray:
     else:
         raise OutputError(f"unknown VOI LUT function {voi.function!r} (LINEAR, LINEAR_EXACT or SIGMOID)")
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+def resolve_voi(voi: VOIWindow | tuple[float, float, str | None] | None) -> VOIWindow | None:
+    """The window to display with, or None for the automatic one; never fails on odd tag values.
+
+    VOI only shapes the picture (SPEC §1), so a bad window must not cost the analysis its outputs:
+    an unknown VOI LUT function is windowed LINEAR (the DICOM default), and a non-finite centre or a
+    non-positive width falls back to the automatic window, each with a warning. A missing function,
+    or 'LUT' (a VOI LUT Sequence, for which the window is the standard's alternative), is LINEAR.
+    """
+    if voi is None:
+        return None
+    if isinstance(voi, VOIWindow):
+        center, width, function = voi.center, voi.width, voi.function
+    else:
+        center, width, function = voi[0], voi[1], voi[2]
+    try:
+        center, width = float(center), float(width)
+    except (TypeError, ValueError):
+        center, width = float("nan"), float("nan")
+    if not (np.isfinite(center) and np.isfinite(width) and width > 0):
+        warnings.warn(f"overlay: window centre {center} / width {width} is unusable: windowed automatically", stacklevel=3)
+        return None
+    name = str(function or "LINEAR").strip().upper() or "LINEAR"
+    if name == "LUT":
+        name = "LINEAR"
+    elif name not in _VOI_FUNCTIONS:
+        warnings.warn(f"overlay: unknown VOI LUT function {function!r} ({', '.join(_VOI_FUNCTIONS)} expected): windowed LINEAR", stacklevel=3)
+        name = "LINEAR"
+    return VOIWindow(center, width, name)
 
 
 def auto_window(image: np.ndarray, breast_mask: np.ndarray | None = None) -> VOIWindow:
@@ -259,7 +294,8 @@ def render_overlay(
 
     `image_input_grid` is the image as read (dense bright), `mask_input_grid` the MC mask in the same
     grid, `spacing_mm` its pixel spacing, `clusters` boxes in input pixels (ClusterBox or findings.json
-    cluster dicts), `voi` a window (center, width, function) in the image's units or None for automatic;
+    cluster dicts), `voi` a window (center, width, function) in the image's units or None for automatic (an
+    unusable one falls back with a warning: `resolve_voi`);
     `outline_mcs_input_grid`: the part of the mask that belongs to MCs at the breast outline (findings'
     `at_outline`), outlined in light blue instead of red.
     """
@@ -271,7 +307,8 @@ def render_overlay(
         raise OutputError(f"overlay needs a 2-D image and a mask of the same shape, got {image.shape} and {mask.shape}")
     geometry = overlay_geometry(image.shape, spacing_mm, max_side_px, scale_bar_mm)
     small = _resize_area(image, geometry.output_shape)
-    if voi is None:
+    window = resolve_voi(voi)
+    if window is None:
         breast_small = None
         if breast_mask_input_grid is not None:
             if np.shape(breast_mask_input_grid) != image.shape:
@@ -279,8 +316,6 @@ def render_overlay(
                     f"breast mask {np.shape(breast_mask_input_grid)} does not match the image {image.shape}")
             breast_small = _resize_area(np.asarray(breast_mask_input_grid, np.float32), geometry.output_shape) >= 0.5
         window = auto_window(small, breast_small)
-    else:
-        window = voi if isinstance(voi, VOIWindow) else VOIWindow(float(voi[0]), float(voi[1]), voi[2] or "LINEAR")
     gray = np.rint(apply_voi(small, window) * 255).astype(np.uint8)
     # Scale bar in the emptier bottom corner (away from the chest wall).
     w_out = geometry.output_shape[1]

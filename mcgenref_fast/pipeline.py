@@ -17,6 +17,7 @@ import torch
 from mcgenref_fast.baseline import TopHatConfig
 from mcgenref_fast.config import (CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict, engine_refine_config,
                                   hash_named_dicts)
+from mcgenref_fast.devices import usable_device
 from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.net_exec import PRECISIONS, Precision, upload
 from mcgenref_fast.tiling import make_grid
@@ -136,7 +137,7 @@ class Engine:
         """Networks: `segmentor` and `generator` given in memory (both), or else both loaded (sha256-checked)
         from `weights_dir` where its manifest holds them and from the shipped weights otherwise."""
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.device = usable_device(device)
         _check_precision(cfg, self.device)
         self.progress = progress
         self.weights_sha256 = weights_sha256

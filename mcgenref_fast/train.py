@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mcgenref_fast.config import RefineConfig
+from mcgenref_fast.devices import usable_device
 from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.models.config import GeneratorConfig, ModelConfig, SegmentorConfig, config_to_dict
 from mcgenref_fast.models.flow import flow_loss, sample_time, seed_blend_weight
@@ -458,10 +459,11 @@ def _collect(loader: Iterable[dict]) -> list[dict]:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' / None -> cuda when available, else cpu."""
+    """'auto' / None -> cuda when available, else cpu; anything else must be usable here
+    (`devices.usable_device`: ConfigError otherwise)."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return usable_device(device)
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, *, model_cfg: ModelConfig | None = None,

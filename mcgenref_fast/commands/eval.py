@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mcgenref_fast.commands.options import device_arg, positive_int, seed_arg
 from mcgenref_fast.commands.segment import (
     add_outline_margin_option,
     add_pitch_edge_option,
@@ -48,9 +49,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--splits", type=Path, metavar="CSV",
                    help="splits.csv to filter images by (mias: looked for in PATH and two folders up)")
     p.add_argument("--split", default="dev", help="split to keep when a splits.csv applies ('all' = no filter; default dev)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch and the tiler")
-    p.add_argument("--seed", type=int, default=0, help="TT-GPR noise seed (default 0)")
+    p.add_argument("--device", default="cpu", type=device_arg, help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU threads for torch and the tiler")
+    p.add_argument("--seed", type=seed_arg, default=0, help="TT-GPR noise seed (default 0)")
     p.add_argument("--reference", action="store_true", help="use the pure-PyTorch reference TT-GPR (slow)")
     p.add_argument("--float16-cache", action="store_true",
                    help="store probability maps as float16 (rounded toward 0: exact for float16 thresholds)")

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mcgenref_fast.commands.options import device_arg, positive_int, seed_arg
 from mcgenref_fast.errors import McGenRefError
 
 
@@ -20,11 +21,11 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("gpr", "tophat"), default="gpr",
                    help="gpr: segmentor + TT-GPR (default); tophat: the classical white top-hat baseline")
     p.add_argument("--reference", action="store_true", help="use the pure-PyTorch reference TT-GPR (slow)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch and the tiler")
+    p.add_argument("--device", default="cpu", type=device_arg, help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU threads for torch and the tiler")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="network precision of the fast TT-GPR: fp32 (default), or bf16 / fp16 with --device cuda")
-    p.add_argument("--seed", type=int, default=0, help="TT-GPR noise seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="TT-GPR noise seed (default 0)")
     p.add_argument("--allow-for-processing", action="store_true",
                    help="accept FOR PROCESSING DICOMs (applies -log of the normalised detector signal)")
     p.add_argument("--no-seg", action="store_true", help="do not write seg.dcm for DICOM inputs")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mcgenref_fast import __version__
+from mcgenref_fast.commands.options import positive_int, seed_arg
 from mcgenref_fast.errors import ConfigError
 
 PREVIEW_TILES: int = 16
@@ -37,11 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "default: procedural backgrounds only")
     p.add_argument("--spacing", type=float, metavar="MM",
                    help="pixel spacing (mm) of the input images that carry none (PNG/TIFF/PGM)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
     p.add_argument("--patch", type=int, default=256, help="pair size in px at 0.07 mm (default 256)")
     p.add_argument("--full-field", type=Path, metavar="IMAGE", help="inject clusters into this mammogram")
     p.add_argument("--sites", type=int, default=3, help="full field: number of clusters (default 3)")
-    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, help="CPU threads")
     p.set_defaults(func=run)
     return p
 

@@ -7,6 +7,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from mcgenref_fast.commands.options import positive_int, seed_arg, train_device_arg
 from mcgenref_fast.models.config import GeneratorConfig, SegmentorConfig
 
 
@@ -22,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--steps", type=int, default=20_000, help="total optimisation steps (default 20000)")
     p.add_argument("--batch", type=int, default=32, help="patches per step (default 32)")
     p.add_argument("--patch", type=int, default=128, help="patch size in px at 0.07 mm (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="data/initialisation seed (validation uses seed + 10**9)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="data/initialisation seed (validation uses seed + 10**9)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--backgrounds-split", type=Path, metavar="SPLITS_CSV",
                    help="use the `train` rows of this splits.csv as real backgrounds (default: procedural only)")
@@ -32,8 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--match-source-sampling", action="store_true",
                    help="form the MCs on a real background's own pixel grid too when it is coarser than "
                    "canonical (film digitised at 0.2 mm: MCs blurred as the film records them)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch / OpenMP")
+    p.add_argument("--device", default="auto", type=train_device_arg, help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch / OpenMP")
     p.add_argument("--workers", type=int, default=-1, help="data-loading processes (default: 0 on CPU, "
                    "min(8, cores - 1) on CUDA)")
     p.add_argument("--export-to", type=Path, metavar="DIR", help="weights directory to export into")

@@ -32,6 +32,10 @@ SOP_CLASSES_TOMO = {
     "1.2.840.10008.5.1.4.1.1.13.1.5": "Breast Projection X-Ray Image Storage - For Processing",
 }
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Raised to stop the program, never by a decoder: these pass through the decode guard untouched. Every
+# other BaseException is a decoder failure: Rust plugins (pylibjpeg-rle) panic on corrupt data with
+# `pyo3_runtime.PanicException`, which derives from BaseException, not Exception.
+_NOT_DECODER_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 # Which pip package decodes which transfer-syntax family (named in the "no decoder" error).
 _DECODER_PACKAGES: tuple[tuple[str, str], ...] = (
@@ -176,9 +180,15 @@ def decode_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - any plugin failure becomes one clear error
+    except _NOT_DECODER_FAILURES:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any plugin failure (even a Rust panic) becomes one clear error
         ts = getattr(ds.file_meta, "TransferSyntaxUID", "?")
-        raise MammogramReadError(path, f"pixel data could not be decoded ({getattr(ts, 'name', ts)}: {type(exc).__name__}: {exc})") from exc
+        raise MammogramReadError(
+            path,
+            f"pixel data could not be decoded ({getattr(ts, 'name', ts)}: {type(exc).__name__}: {exc})",
+            "the pixel data look corrupt or truncated: export the image again from the archive",
+        ) from exc
     if arr.ndim != 2:
         raise MammogramReadError(path, f"decoded pixel data has shape {arr.shape}, expected one 2-D frame")
     return arr
@@ -195,6 +205,10 @@ def presentation_intent(ds: Dataset) -> str | None:
 
 
 def _isotropic(values: Any, keyword: str, path: Path) -> float:
+    """One spacing (mm) from a (row, column) spacing tag; SpacingError (no hint) when it is unusable.
+
+    The caller adds the hint: whether `--spacing` can stand in depends on whether the user gave one.
+    """
     try:
         vals = [float(v) for v in values]
     except (TypeError, ValueError) as exc:
@@ -202,27 +216,46 @@ def _isotropic(values: Any, keyword: str, path: Path) -> float:
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) != 2 or not all(np.isfinite(v) and v > 0 for v in vals):
-        raise SpacingError(path, f"{keyword} {values!r} is not a pair of positive numbers", "pass --spacing MM")
+        raise SpacingError(path, f"{keyword} {values!r} is not a pair of positive numbers")
     row_mm, col_mm = vals
     if abs(row_mm - col_mm) > 0.01 * max(row_mm, col_mm):
-        raise SpacingError(path, f"anisotropic {keyword} {row_mm} x {col_mm} mm is not supported", "pass --spacing MM to override")
+        raise SpacingError(path, f"anisotropic {keyword} {row_mm} x {col_mm} mm is not supported")
     return 0.5 * (row_mm + col_mm)
 
 
+def _file_spacing(ds: Dataset, path: Path, magnification: float | None) -> tuple[float, str] | None:
+    """(spacing_mm, source) from the tags in SPEC §1 order, None when neither tag is present.
+
+    Raises SpacingError (no hint) when the tag that applies is present but unusable (zero, negative,
+    non-numeric, anisotropic): the next tag is not tried, since a broken PixelSpacing says nothing about
+    whether ImagerPixelSpacing describes the stored grid.
+    """
+    if ds.get("PixelSpacing"):
+        return _isotropic(ds.PixelSpacing, "PixelSpacing", path), "PixelSpacing"
+    if ds.get("ImagerPixelSpacing"):
+        imager_mm = _isotropic(ds.ImagerPixelSpacing, "ImagerPixelSpacing", path)
+        if magnification is not None:
+            return imager_mm / magnification, "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+        return imager_mm, "ImagerPixelSpacing"
+    return None
+
+
 def dicom_spacing(ds: Dataset, path: Path, user_spacing_mm: float | None) -> tuple[float, str, float | None]:
-    """(spacing_mm, source, magnification) per SPEC §1; the user's explicit value wins over the file."""
+    """(spacing_mm, source, magnification) per SPEC §1; the user's explicit value wins over the file.
+
+    A spacing tag that is present but unusable is an error only when the user gave no spacing; with one,
+    the user's value is used (source 'user') and a warning says what was wrong with the tag.
+    """
     magnification = _first_float(ds, "EstimatedRadiographicMagnificationFactor")
     if magnification is not None and not (np.isfinite(magnification) and magnification > 0):
         magnification = None
-    file_spacing: tuple[float, str] | None = None
-    if ds.get("PixelSpacing"):
-        file_spacing = (_isotropic(ds.PixelSpacing, "PixelSpacing", path), "PixelSpacing")
-    elif ds.get("ImagerPixelSpacing"):
-        imager_mm = _isotropic(ds.ImagerPixelSpacing, "ImagerPixelSpacing", path)
-        if magnification is not None:
-            file_spacing = (imager_mm / magnification, "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor")
-        else:
-            file_spacing = (imager_mm, "ImagerPixelSpacing")
+    try:
+        file_spacing = _file_spacing(ds, path, magnification)
+    except SpacingError as exc:
+        if user_spacing_mm is None:
+            raise SpacingError(path, exc.problem, "pass --spacing MM / spacing_mm= with the true pixel spacing to use it instead") from exc
+        warnings.warn(f"{path}: {exc.problem}: using --spacing {user_spacing_mm:g} mm instead", stacklevel=3)
+        return float(user_spacing_mm), "user", magnification
     if user_spacing_mm is not None:
         if file_spacing and abs(file_spacing[0] - user_spacing_mm) > 0.05 * file_spacing[0]:
             warnings.warn(f"{path}: --spacing {user_spacing_mm} mm overrides {file_spacing[1]} ({file_spacing[0]:.4g} mm)", stacklevel=3)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.output_layout import OutputLayout
 from mcgenref_fast.screen.inputs import ScreenInput
 from mcgenref_fast.screen.runner import (
@@ -101,7 +102,11 @@ class RayRunner:
         if ray.is_initialized():
             return False
         address = None if self.address in (None, "", "local") else self.address
-        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
+        try:
+            ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise ConfigError(f"--ray {self.address}: could not connect to a Ray cluster there ({exc}): check the "
+                              f"address (host:port of its head node), or use --ray local") from None
         return True
 
     def _actor_class(self) -> tuple[Any, str | None, int]:

@@ -99,6 +99,11 @@ def decode_input(path: str, spacing_mm: float | None, allow_for_processing: bool
             canonical = to_canonical(mammogram, canonical_cfg) if canonical_cfg is not None else to_canonical(mammogram)
         except Exception as exc:  # noqa: BLE001 - every failure of one file is recorded, the run goes on
             return DecodeFailure(type(exc).__name__, str(exc), [str(w.message) for w in caught])
+        except BaseException as exc:  # a native decoder's panic (pyo3 PanicException) is no Exception
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            return DecodeFailure(type(exc).__name__, f"{path}: the decoder failed ({exc})",
+                                 [str(w.message) for w in caught])
     return Decoded(mammogram, canonical, [str(w.message) for w in caught], time.perf_counter() - t, stat)
 
 
@@ -255,12 +260,21 @@ class RunContext:
         self.out_dir = Path(out_dir)
         self.items = list(items)
         self.options = options
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = self._lock()
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fh = self._lock()
+        except OSError as exc:   # a file in the way, no permission, read-only file system
+            raise OutputError(f"{self.out_dir}: cannot use as the output folder ({exc.strerror or exc}): "
+                              f"choose another --out") from None
         try:
             self.layout = OutputLayout(self.out_dir)
             self.journal = Journal(self.out_dir / JOURNAL_NAME)
             self._complete_index_from_journal()
+        except OSError as exc:
+            self._lock_fh.close()
+            raise OutputError(f"{self.out_dir}: its journal or index cannot be read or written "
+                              f"({exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}): fix or remove it, "
+                              f"or choose another --out") from None
         except BaseException:
             self._lock_fh.close()
             raise
