@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from mcgenref_fast import __version__
@@ -30,12 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(prefix: str) -> None:
+    """Warnings reach the user as `PREFIX: warning: message` (one line), not Python's file:line form with
+    the source line under it: the warnings this package gives name the file and what to check already."""
+    def fmt(message, category, filename, lineno, line=None):  # noqa: ANN001 - warnings.formatwarning's signature
+        return f"{prefix}: warning: {message}\n"
+
+    warnings.formatwarning = fmt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _one_line_warnings(f"mcgenref {args.command}")
     if getattr(args, "threads", None):
         from mcgenref_fast.threads import set_threads
 

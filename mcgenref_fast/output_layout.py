@@ -70,6 +70,19 @@ class OutputLayout:
         self._reserved: dict[str, str] = {}     # input path → key handed out but not yet recorded
         self._taken_keys: set[str] = self._keys_in_use()  # casefolded keys of _index and _reserved
 
+    def check_writable(self) -> None:
+        """Create the output folder and write (then remove) a probe file in it: OutputError now, before any
+        analysis, rather than after the first image's minutes of work when the folder is a file, read-only or
+        on a full disk."""
+        probe = self.out_dir / f".write-probe-{os.getpid()}"
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(f"{self.out_dir}: cannot write outputs there ({exc.strerror or exc}): "
+                              f"choose another --out") from None
+
     # ---------------------------------------------------------------- index.csv
     def _read_index(self) -> dict[str, str]:
         if not self.index_path.is_file():

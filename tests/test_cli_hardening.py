@@ -155,3 +155,39 @@ def test_a_decoder_panic_is_a_failure_of_its_file(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(io_pkg, "read_mammogram", interrupted)
     with pytest.raises(KeyboardInterrupt):        # Ctrl-C still stops the run
         screen_runner.decode_input(str(src), 0.1, False, None)
+
+
+def test_warnings_print_as_one_line_naming_the_command(tmp_path: Path) -> None:
+    """A warning (here: a spacing outside the usual range) reads `mcgenref segment: warning: ...`, without
+    Python's file:line form and the source line under it."""
+    import subprocess
+    import sys
+
+    src = phantom_png(tmp_path / "a.png")
+    proc = subprocess.run([sys.executable, "-m", "mcgenref_fast", "segment", str(src), "--spacing", "0.6", "--out",
+                           str(tmp_path / "o"), "--method", "tophat", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
+    assert lines and all(line.startswith("mcgenref segment: warning: ") for line in lines), proc.stderr
+    assert "UserWarning" not in proc.stderr and "read_mammogram(" not in proc.stderr
+
+
+def test_segment_refuses_an_unwritable_out_before_any_analysis(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcgenref_fast.commands import segment
+
+    src = phantom_png(tmp_path / "a.png")
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    built = []
+    real = segment.engine_from_args
+    monkeypatch.setattr(segment, "engine_from_args", lambda args: built.append(args) or real(args))
+    assert cli_main(["segment", str(src), "--spacing", "0.1", "--out", str(taken), "--method", "tophat",
+                     "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{taken}: cannot write outputs there" in err and "choose another --out" in err
+    assert built == []                 # refused before the engine (networks) was even built
+    assert cli_main(["segment", str(src), "--spacing", "0.1", "--out", str(tmp_path / "ok"), "--method", "tophat",
+                     "--threads", "1"]) == 0
+    assert len(built) == 1 and not list((tmp_path / "ok").glob(".write-probe-*"))

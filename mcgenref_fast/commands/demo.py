@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from mcgenref_fast.commands.segment import describe, engine_from_args
     from mcgenref_fast.output_layout import OutputLayout
 
+    layout = OutputLayout(args.out)
+    layout.check_writable()
     path = demo_dicom()
     spacing = DEMO_SPACING_MM
     if path is None:
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         spacing = 0.07
     print(f"mcgenref demo: segmenting {path} (spacing {spacing} mm)")
     engine = engine_from_args(args)
-    result = engine.run_file(path, OutputLayout(args.out), spacing_mm=spacing)
+    result = engine.run_file(path, layout, spacing_mm=spacing)
     print(describe(result))
     t = result.analysis.timings_s
     print("timings (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in t.items()))

@@ -113,8 +113,9 @@ def describe(result: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from mcgenref_fast.output_layout import OutputLayout
 
-    engine = engine_from_args(args)
     layout = OutputLayout(args.out)
+    layout.check_writable()          # before the networks load and the first image is analysed
+    engine = engine_from_args(args)
     failed = 0
     for path in args.inputs:
         t = time.perf_counter()
