@@ -95,8 +95,16 @@ class TestInputs:
         (root / "link_loop").symlink_to(root, target_is_directory=True)   # a symlinked folder is not followed
         (root / "out" / "k").mkdir(parents=True)
         phantom_png(root / "out" / "k" / "overlay.png", 6)                # the output folder inside the input
-        found = [Path(i.path).relative_to(root.resolve()).as_posix() for i in discover_inputs(root, exclude=[root / "out"])]
+        (root / "gone.dcm").symlink_to(root / "deleted.dcm")               # a dangling link named as an image
+        with pytest.warns(UserWarning) as caught:
+            items = discover_inputs(root, exclude=[root / "out"])
+        found = [Path(i.path).relative_to(root.resolve()).as_posix() for i in items]
         assert found == ["a/UPPER.PNG", "a/b/1.2.840.99.45", "a/noext", "z.png"]
+        # the skipped ones that look like images are named, the rest (notes.txt, the loop) skipped quietly
+        said = sorted(str(w.message) for w in caught)
+        assert len(said) == 2 and all("not a regular file" in m for m in said)
+        assert said[0].startswith(str(root.resolve() / "fifo.png")) or said[0].startswith(str(root / "fifo.png"))
+        assert any("gone.dcm" in m for m in said)
 
     def test_file_list_and_manifest(self, tmp_path: Path) -> None:
         phantom_png(tmp_path / "one.png", 0)

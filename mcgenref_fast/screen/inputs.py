@@ -60,12 +60,18 @@ def _is_hidden(name: str) -> bool:
 def _is_candidate(entry: os.DirEntry[str]) -> bool:
     if _is_hidden(entry.name) or entry.name.casefold() in SKIPPED_NAMES:
         return False
+    named_as_image = Path(entry.name).suffix.casefold() in IMAGE_EXTENSIONS
     try:
         if not entry.is_file(follow_symlinks=True):       # sockets, fifos, devices, folders, dangling links
+            if named_as_image and not entry.is_dir(follow_symlinks=True):
+                warnings.warn(f"{entry.path}: not a regular file (a dangling link, a pipe or a device); skipped",
+                              stacklevel=3)
             return False
-    except OSError:
+    except OSError as exc:
+        if named_as_image:
+            warnings.warn(f"{entry.path}: cannot be examined ({exc.strerror or exc}); skipped", stacklevel=3)
         return False
-    if Path(entry.name).suffix.casefold() in IMAGE_EXTENSIONS:
+    if named_as_image:
         return True
     return has_dicom_preamble(entry.path)
 
