@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mcgenref_fast import __version__
 from mcgenref_fast.errors import McGenRefError
@@ -31,13 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warnings(prefix: str) -> None:
+def _one_line_warnings(prefix: str) -> Callable[..., str]:
     """Warnings reach the user as `PREFIX: warning: message` (one line), not Python's file:line form with
-    the source line under it: the warnings this package gives name the file and what to check already."""
+    the source line under it: the warnings this package gives (UserWarning) name the file and what to check
+    already; other categories keep their name. Returns the formatter it replaced (`main` puts it back, so an
+    in-process caller's own warnings look as before once the command is done)."""
+    previous = warnings.formatwarning
+
     def fmt(message, category, filename, lineno, line=None):  # noqa: ANN001 - warnings.formatwarning's signature
-        return f"{prefix}: warning: {message}\n"
+        kind = "warning" if category is UserWarning else category.__name__
+        return f"{prefix}: {kind}: {message}\n"
 
     warnings.formatwarning = fmt
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,11 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    _one_line_warnings(f"mcgenref {args.command}")
     if getattr(args, "threads", None):
         from mcgenref_fast.threads import set_threads
 
         set_threads(args.threads)
+    previous_format = _one_line_warnings(f"mcgenref {args.command}")
     try:
         return int(args.func(args) or 0)
     except McGenRefError as exc:
@@ -59,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mcgenref {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -137,7 +137,8 @@ class Engine:
         """Networks: `segmentor` and `generator` given in memory (both), or else both loaded (sha256-checked)
         from `weights_dir` where its manifest holds them and from the shipped weights otherwise."""
         self.cfg = cfg
-        self.device = usable_device(device)
+        # the top-hat baseline runs no network: any device name stays as given (it never moves a tensor there)
+        self.device = torch.device(device) if cfg.method == "tophat" else usable_device(device)
         _check_precision(cfg, self.device)
         self.progress = progress
         self.weights_sha256 = weights_sha256

@@ -50,7 +50,15 @@ def test_bad_option_values_are_usage_errors(tmp_path: Path, capsys: pytest.Captu
     assert not (tmp_path / "out").exists()
 
 
-def test_option_types_and_the_device_check() -> None:
+def _pretend_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """This machine as one with `count` CUDA devices (0: none), for the device check alone."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_option_types_and_the_device_check(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     assert device_arg("cpu") == "cpu" and train_device_arg("auto") == "auto"
@@ -59,31 +67,34 @@ def test_option_types_and_the_device_check() -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         device_arg("auto")      # only `train` takes auto
     # where the models are placed, the machine must have the device
-    assert usable_device("cpu") == torch.device("cpu")
+    assert usable_device("cpu") == torch.device("cpu") == usable_device(torch.device("cpu"))
     with pytest.raises(ConfigError, match="not a device"):
         usable_device("bogus")
     with pytest.raises(ConfigError, match="'meta' is not supported"):
         usable_device("meta")
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available here"):
-            usable_device("cuda")
-    too_high = f"cuda:{torch.cuda.device_count()}"
-    with pytest.raises(ConfigError, match="CUDA"):
-        usable_device(too_high)
+    _pretend_gpus(monkeypatch, 0)
+    with pytest.raises(ConfigError, match=r"^'cuda': CUDA is not available here .*use --device cpu$"):
+        usable_device("cuda")
+    _pretend_gpus(monkeypatch, 2)
+    assert usable_device("cuda:1") == torch.device("cuda:1") and usable_device("cuda") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=r"^'cuda:2': this machine has 2 CUDA device\(s\), cuda:0..cuda:1$"):
+        usable_device("cuda:2")
 
 
-def test_a_missing_gpu_is_one_line_from_segment_and_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+def test_a_missing_gpu_is_one_line_from_segment_and_train(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _pretend_gpus(monkeypatch, 0)
     src = phantom_png(tmp_path / "a.png")
     assert cli_main(["segment", str(src), "--spacing", "0.1", "--out", str(tmp_path / "o"), "--device", "cuda",
                      "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert "CUDA is not available here" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()            # stopped before --out was created
     assert cli_main(["train", "generator", "--out", str(tmp_path / "run"), "--steps", "1", "--device", "cuda"]) == 2
     assert "CUDA is not available here" in capsys.readouterr().err
+    # the top-hat baseline runs no network: the device does not matter to it (as before the check)
+    assert cli_main(["segment", str(src), "--spacing", "0.1", "--out", str(tmp_path / "t"), "--device", "cuda",
+                     "--method", "tophat", "--threads", "1"]) == 0
 
 
 def test_an_extent_no_mammogram_has_is_refused_before_resampling(tmp_path: Path) -> None:
@@ -171,6 +182,15 @@ def test_warnings_print_as_one_line_naming_the_command(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
     assert lines and all(line.startswith("mcgenref segment: warning: ") for line in lines), proc.stderr
     assert "UserWarning" not in proc.stderr and "read_mammogram(" not in proc.stderr
+
+
+def test_the_warning_format_is_put_back_after_an_in_process_call(tmp_path: Path) -> None:
+    import warnings
+
+    before = warnings.formatwarning
+    cli_main(["segment", str(phantom_png(tmp_path / "a.png")), "--spacing", "0.1", "--out", str(tmp_path / "o"),
+              "--method", "tophat", "--threads", "1"])
+    assert warnings.formatwarning is before
 
 
 def test_segment_refuses_an_unwritable_out_before_any_analysis(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -111,8 +111,11 @@ def describe(result: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mcgenref_fast.devices import usable_device
     from mcgenref_fast.output_layout import OutputLayout
 
+    if args.method != "tophat":
+        usable_device(args.device)   # a missing GPU stops here, before --out is created
     layout = OutputLayout(args.out)
     layout.check_writable()          # before the networks load and the first image is analysed
     engine = engine_from_args(args)
