@@ -65,22 +65,16 @@ score semireal_shipped python3 -m mcgenref_fast eval --method initializer --meth
   --out "$EVAL/semireal_shipped" --device "$EVAL_DEVICE"
 score mias_shipped python3 -m mcgenref_fast eval --method initializer --method gpr --dataset mias "$MIAS" \
   --out "$EVAL/mias_shipped" --device "$EVAL_DEVICE"
-if [ -n "$SETTINGS" ]; then
-  i=0
-  for S in $SETTINGS; do
-    score "semireal_new_$i" python3 scripts/sweep_refine.py "$SEMI" --kind semireal --out "$EVAL/semireal_new" \
-      --weights "$W" --device "$EVAL_DEVICE" --set "$S"
-    i=$(( i + 1 ))
-  done
-fi
-if [ -n "$MIAS_SETTINGS" ]; then
-  i=0
-  for S in $MIAS_SETTINGS; do
-    score "mias_new_$i" python3 scripts/sweep_refine.py "$MIAS" --kind mias --out "$EVAL/mias_new" --weights "$W" \
+score_settings() {  # NAME DATASET KIND OUT SETTINGS: one sweep_refine.py run with the new generator per setting
+  local name=$1 data=$2 kind=$3 out=$4 i=0 S
+  for S in $5; do
+    score "${name}_$i" python3 scripts/sweep_refine.py "$data" --kind "$kind" --out "$out" --weights "$W" \
       --device "$EVAL_DEVICE" --set "$S"
     i=$(( i + 1 ))
   done
-fi
+}
+score_settings semireal_new "$SEMI" semireal "$EVAL/semireal_new" "$SETTINGS"
+score_settings mias_new "$MIAS" mias "$EVAL/mias_new" "$MIAS_SETTINGS"
 wait
 for f in "$EVAL"/*.log; do echo "-- $(basename "$f" .log): $(grep -c 'analysed in' "$f") image runs; $(tail -n 1 "$f")"; done
 echo "== issue 11 comparison (bar: TT-GPR recall above / FNR below the initializer's, Dice within 0.02)"

@@ -9,17 +9,17 @@ MAX_SEED = 2**63 - 1
 
 
 def device_arg(text: str) -> str:
-    """A device name torch knows, of a type the models run on: `cpu`, `cuda` or `cuda:N`. Returned unchanged.
-    Whether this machine has it is checked where the models are placed (`devices.usable_device`): with `screen
-    --ray` the GPUs may be on other machines than the one parsing the command line."""
-    import torch
+    """A device name torch knows, of a type the models run on: `cpu`, `cuda` or `cuda:N` (`devices.parse_device`).
+    Returned unchanged. Whether this machine has it is checked where the models are placed
+    (`devices.usable_device`): with `screen --ray` the GPUs may be on other machines than the one parsing the
+    command line."""
+    from mcgenref_fast.devices import parse_device
+    from mcgenref_fast.errors import ConfigError
 
     try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"device type {dev.type!r} is not supported: use cpu, cuda or cuda:N")
+        parse_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

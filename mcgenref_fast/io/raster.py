@@ -42,6 +42,17 @@ def _pgm_bits(path: Path) -> int | None:
         return None
 
 
+def _png_ihdr(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR (colour type 0 grey, 2 RGB, 3 palette, 4 grey + alpha,
+    6 RGBA), or None when the header cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_PNG_IHDR_BITS_OFFSET + 2)
+    except OSError:
+        return None
+    return (head[_PNG_IHDR_BITS_OFFSET], head[_PNG_IHDR_BITS_OFFSET + 1]) if len(head) > _PNG_IHDR_BITS_OFFSET + 1 else None
+
+
 def _declared_bits(image: Image.Image, path: Path, file_format: FileFormat) -> int | None:
     """Bits per sample the file itself declares (TIFF tag, PNG IHDR, PGM/PPM maxval), or None."""
     if file_format == "tiff":
@@ -50,23 +61,23 @@ def _declared_bits(image: Image.Image, path: Path, file_format: FileFormat) -> i
         ints = [int(v) for v in values if isinstance(v, int)]
         return max(ints) if ints else None
     if file_format == "png":
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(_PNG_IHDR_BITS_OFFSET + 1)
-        except OSError:
-            return None
-        return head[_PNG_IHDR_BITS_OFFSET] if len(head) > _PNG_IHDR_BITS_OFFSET else None
+        ihdr = _png_ihdr(path)
+        return None if ihdr is None else ihdr[0]
     return _pgm_bits(path)
 
 
-def _png_colour_type(path: Path) -> int | None:
-    """The PNG IHDR colour type (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA), or None."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(_PNG_IHDR_BITS_OFFSET + 2)
-    except OSError:
-        return None
-    return head[_PNG_IHDR_BITS_OFFSET + 1] if len(head) > _PNG_IHDR_BITS_OFFSET + 1 else None
+def _check_header(path: Path, file_format: FileFormat, width: int, height: int, n_pages: int,
+                  spacing_mm: float | None) -> None:
+    """What the header alone decides, before any pixel is decoded (both the Pillow and the tifffile path):
+    size, page count, and the spacing rasters never carry."""
+    if width <= 0 or height <= 0:
+        raise MammogramReadError(path, f"zero-sized image ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise MammogramReadError(path, f"image too large: {height}x{width} = {width * height / 1e6:.1f} megapixels (limit {MAX_PIXELS / 1e6:.0f})")
+    if n_pages > 1:
+        raise MammogramReadError(path, f"multi-page image ({n_pages} pages): only single images are supported")
+    if spacing_mm is None:
+        raise SpacingError(path, f"{file_format.upper()} files carry no pixel spacing", "pass --spacing MM / spacing_mm=")
 
 
 def _raster_meta(path: Path, file_format: FileFormat, arr: np.ndarray, spacing_mm: float, bits: int | None) -> MammogramMeta:
@@ -127,14 +138,7 @@ def _read_tiff_tifffile(path: Path, spacing_mm: float | None, why: str) -> tuple
             photometric, bits, compression = int(page.photometric), int(page.bitspersample), page.compression
             height = shape[axes.index("Y")] if "Y" in axes else 0
             width = shape[axes.index("X")] if "X" in axes else 0
-            if width <= 0 or height <= 0:
-                raise MammogramReadError(path, f"zero-sized image ({width}x{height})")
-            if width * height > MAX_PIXELS:
-                raise MammogramReadError(path, f"image too large: {height}x{width} = {width * height / 1e6:.1f} megapixels (limit {MAX_PIXELS / 1e6:.0f})")
-            if n_pages > 1:
-                raise MammogramReadError(path, f"multi-page image ({n_pages} pages): only single images are supported")
-            if spacing_mm is None:
-                raise SpacingError(path, "TIFF files carry no pixel spacing", "pass --spacing MM / spacing_mm=")
+            _check_header(path, "tiff", width, height, n_pages, spacing_mm)
             if dtype is None or dtype.kind not in "uif":
                 kind = "complex" if dtype is not None and dtype.kind == "c" else f"SampleFormat {int(page.sampleformat)}"
                 raise MammogramReadError(
@@ -199,19 +203,13 @@ def read_raster(path: Path, file_format: FileFormat, spacing_mm: float | None) -
     full_depth_tiff = ""
     with image:
         width, height = image.size
-        if width <= 0 or height <= 0:
-            raise MammogramReadError(path, f"zero-sized image ({width}x{height})")
-        if width * height > MAX_PIXELS:
-            raise MammogramReadError(path, f"image too large: {height}x{width} = {width * height / 1e6:.1f} megapixels (limit {MAX_PIXELS / 1e6:.0f})")
-        if getattr(image, "n_frames", 1) > 1:
-            raise MammogramReadError(path, f"multi-page image ({image.n_frames} pages): only single images are supported")
-        if spacing_mm is None:
-            raise SpacingError(path, f"{file_format.upper()} files carry no pixel spacing", "pass --spacing MM / spacing_mm=")
+        _check_header(path, file_format, width, height, getattr(image, "n_frames", 1), spacing_mm)
         mode = image.mode
         declared = _declared_bits(image, path, file_format)
         if mode in _EIGHT_BIT_MODES and declared is not None and declared > 8:
             if file_format != "tiff":
-                png_type = _png_colour_type(path) if file_format == "png" else None
+                ihdr = _png_ihdr(path) if file_format == "png" else None
+                png_type = None if ihdr is None else ihdr[1]
                 kind = "grey + alpha" if mode == "LA" or png_type == 4 else "colour"
                 label = "PPM" if file_format == "pgm" else file_format.upper()
                 raise MammogramReadError(
