@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from mcgenref_fast.baseline import TopHatConfig
-from mcgenref_fast.config import (CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict, engine_refine_config,
-                                  hash_named_dicts)
+from mcgenref_fast.config import (ENGINE_REFINE_MAX_ENLARGEMENT, CanonicalConfig, FindingsConfig, RefineConfig,
+                                  config_to_dict, engine_refine_config, hash_named_dicts)
 from mcgenref_fast.devices import usable_device
 from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.net_exec import PRECISIONS, Precision, upload
@@ -36,8 +36,11 @@ class EngineConfig:
     on CUDA (`--precision`; SPEC §7's low-precision rule). edge_sigma_per_input_pitch: on an input scanned
     coarser than the canonical pitch (film at 0.2 mm, enlarged s = h_in/h times), TT-GPR's edge weights use
     σ_I/s, since enlargement divides the intensity step between neighbouring pixels by about s (opt-in,
-    `--pitch-scaled-edge`; README, film: mixed, so off). refine:
-    SPEC §4's TT-GPR settings except λ_prox (`config.engine_refine_config`, issue 11's operating point).
+    `--pitch-scaled-edge`; README, film: mixed, so off). refine: SPEC §4's TT-GPR settings except λ_prox and
+    t0 (`config.engine_refine_config`, issue 11's operating point). refine_max_enlargement: 'gpr' refines an
+    input only when it reaches the canonical pitch by at most this enlargement (input pitch / canonical pitch);
+    a coarser one (film at 0.2 mm: 2.9×) keeps the segmentor's map, recorded as `method_applied` (inf:
+    refine every input, `--refine-film`; README, film scans).
     """
 
     canonical: CanonicalConfig = field(default_factory=CanonicalConfig)
@@ -51,6 +54,19 @@ class EngineConfig:
     write_seg: bool = True
     precision: Precision = "fp32"
     edge_sigma_per_input_pitch: bool = False
+    refine_max_enlargement: float = ENGINE_REFINE_MAX_ENLARGEMENT
+
+    def __post_init__(self) -> None:
+        if not self.refine_max_enlargement >= 1.0:   # NaN fails too
+            raise ConfigError(f"refine_max_enlargement must be >= 1 (inf: refine every input), "
+                              f"got {self.refine_max_enlargement}")
+
+    def method_for(self, enlargement: float) -> Method:
+        """The method that runs on an input enlarged by `enlargement` (input pitch / canonical pitch) to reach
+        the canonical grid: `method`, except 'gpr' above `refine_max_enlargement`, which gets 'initializer'."""
+        if self.method == "gpr" and enlargement > self.refine_max_enlargement:
+            return "initializer"
+        return self.method
 
 
 def engine_config_hash(cfg: EngineConfig) -> str:
@@ -101,6 +117,7 @@ class Analysis:
     timings_s: dict[str, float]
     n_tiles: int
     diagnostics: list[Any]
+    method_applied: str = "gpr"   # what ran: `EngineConfig.method_for` the input's pitch
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,14 +177,15 @@ class Engine:
         t = time.perf_counter()
         diagnostics: list[Any] = []
         n_tiles = 0
-        if self.cfg.method == "tophat":
+        method = self.cfg.method_for(canonical.input_spacing_mm / canonical.spacing_mm)
+        if method == "tophat":
             from mcgenref_fast.baseline import tophat_detect
 
             prob = tophat_detect(canonical.image, canonical.breast_mask, canonical.spacing_mm, self.cfg.tophat).prob
             threshold = 0.5  # the baseline's pseudo-probability is >= 0.5 exactly on its detections
         else:
             rcfg = self.cfg.refine
-            if self.cfg.method == "initializer":
+            if method == "initializer":
                 rcfg = replace(rcfg, outer_iters=0)
             elif self.cfg.edge_sigma_per_input_pitch and canonical.input_spacing_mm > canonical.spacing_mm:
                 rcfg = replace(rcfg, edge_sigma_i=rcfg.edge_sigma_i * canonical.spacing_mm / canonical.input_spacing_mm)
@@ -186,7 +204,7 @@ class Engine:
         mask = (prob >= threshold) & canonical.breast_mask
         findings = extract_findings_canonical(prob, mask, canonical, replace(self.cfg.findings, threshold=threshold))
         timings["findings_s"] = time.perf_counter() - t
-        return Analysis(canonical, prob, mask, findings, timings, n_tiles, diagnostics)
+        return Analysis(canonical, prob, mask, findings, timings, n_tiles, diagnostics, method_applied=method)
 
     # ------------------------------------------------------------------------------------ files
     def run_file(self, path: str | Path, layout: Any, spacing_mm: float | None = None,
@@ -235,7 +253,8 @@ class Engine:
                       outline_mcs_input_grid=None if outline is None else canonical.mask_to_input(outline))
         provenance = make_provenance(
             path, meta.spacing_mm, meta.spacing_source, meta.flips, self.weights_sha256, self.config_hash,
-            method=self.cfg.method, implementation=self.cfg.implementation, seed=self.cfg.seed,
+            method=self.cfg.method, method_applied=analysis.method_applied,
+            implementation=self.cfg.implementation, seed=self.cfg.seed,
             canonical_flipped_lr=bool(canonical.flipped_lr), timings_s=dict(analysis.timings_s),
         )
         write_findings_json(paths.findings_json, findings_dict, provenance, image_block(meta.shape, meta.spacing_mm, meta))

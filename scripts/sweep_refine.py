@@ -3,7 +3,9 @@
 Example: python scripts/sweep_refine.py runs/devsets/semireal_shifted --kind semireal --out runs/eval/sweep \
              --set t0=0.85 --set t0=0.95
 Each `--set` is one run: comma-separated `RefineConfig` fields (numbers) over SPEC §4's defaults (`RefineConfig()`,
-λ_prox 0.05: not the engine's λ_prox 0.2, so `--set lam_prox=0.2` is the shipped default), e.g. `t0=0.9,outer_iters=2`;
+λ_prox 0.05 and t0 0.7: not the engine's λ_prox 0.2 and t0 0.85, so `--set t0=0.85,lam_prox=0.2` is the shipped
+default), e.g. `t0=0.9,outer_iters=2`; every input is refined, film scans included (the engine keeps the segmentor's
+map on inputs enlarged more than 2×: `mcgenref eval --refine-film` lifts that);
 `--weights DIR` runs them with the networks of a weights directory (`mcgenref train ... --export-to DIR`);
 `--pitch-scaled-edge` turns on `EngineConfig.edge_sigma_per_input_pitch` (as `mcgenref eval`), its runs written to
 `OUT/gpr_<set>_pitchedge/`. `--device cuda` runs the networks and TT-GPR on a GPU (scripts/gpu_issue11.sh);
@@ -52,7 +54,10 @@ def main() -> None:
     items = load_dataset(args.kind, args.path, spacing_mm=args.spacing, limit=args.limit)
     for text in args.settings:
         rcfg = replace(RefineConfig(), **parse_setting(text))
-        ecfg = replace(EngineConfig(), refine=rcfg, edge_sigma_per_input_pitch=args.pitch_scaled_edge)
+        # a sweep studies TT-GPR itself: it refines every input, film scans included (the engine's default keeps
+        # the segmentor's map on inputs enlarged more than 2x; `mcgenref eval` shows that)
+        ecfg = replace(EngineConfig(), refine=rcfg, edge_sigma_per_input_pitch=args.pitch_scaled_edge,
+                       refine_max_enlargement=float("inf"))
         engine = Engine(ecfg, device=args.device, weights_dir=args.weights)
         name = "gpr_" + text.replace("=", "").replace(",", "_") + ("_pitchedge" if args.pitch_scaled_edge else "")
         out = args.out / name

@@ -173,3 +173,74 @@ def test_device_scripts_parse(script: str) -> None:
     path = Path(__file__).resolve().parents[1] / script
     proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap
+def test_paired_bootstrap_on_known_counts() -> None:
+    import numpy as np
+
+    from mcgenref_fast.evaluation.bootstrap import paired_bootstrap
+
+    base = {f"i{k}": np.array([10 + k, 5, 10]) for k in range(8)}
+    same = paired_bootstrap(base, dict(base), n_resamples=200)
+    assert same.recall_diff == 0 and same.recall_ci == (0.0, 0.0) and same.p_recall_not_above == 1.0
+    assert same.dice_diff == 0 and same.n_images == 8 and same.n_resamples == 200
+    # A finds 3 more pixels on every image (3 fewer missed): every resample has A's recall above B's
+    better = {k: v + np.array([3, 0, -3]) for k, v in base.items()}
+    d = paired_bootstrap(better, base, n_resamples=200)
+    tp, fn = sum(v[0] for v in base.values()), sum(v[2] for v in base.values())
+    assert d.recall_diff == pytest.approx((tp + 24) / (tp + fn) - tp / (tp + fn))
+    assert 0 < d.recall_ci[0] <= d.recall_diff <= d.recall_ci[1] and d.p_recall_not_above == 0.0
+    assert d.dice_diff > 0 and d.recall_text().startswith("+0.")
+    # one image better, one worse by as much: the interval straddles 0
+    mixed = dict(base, i0=base["i0"] + [8, 0, -8], i1=base["i1"] + [-8, 0, 8])
+    m = paired_bootstrap(mixed, base, n_resamples=500)
+    assert m.recall_diff == 0 and m.recall_ci[0] < 0 < m.recall_ci[1] and 0 < m.p_recall_not_above < 1
+    # reproducible for a seed
+    assert paired_bootstrap(mixed, base, n_resamples=100, seed=3) == paired_bootstrap(mixed, base, n_resamples=100,
+                                                                                       seed=3)
+
+
+def test_paired_bootstrap_refuses_different_images_and_bad_settings() -> None:
+    import numpy as np
+
+    from mcgenref_fast.evaluation.bootstrap import paired_bootstrap
+
+    a = {"x": np.array([1, 1, 1]), "y": np.array([1, 1, 1])}
+    with pytest.raises(EvaluationError, match="different images"):
+        paired_bootstrap(a, {"x": np.array([1, 1, 1])})
+    with pytest.raises(EvaluationError, match="n_resamples"):
+        paired_bootstrap(a, a, n_resamples=0)
+
+
+def test_bootstrap_reads_a_real_runs_cache(eval_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mcgenref_fast.evaluation.bootstrap import paired_bootstrap, pixel_counts
+
+    counts = pixel_counts(eval_out, "gpr", 0.5)
+    records = [json.loads(line) for line in (eval_out / "cache" / "metrics.jsonl").read_text().splitlines()]
+    mine = [r for r in records if r["method"] == "gpr" and r["threshold"] == 0.5]
+    assert len(counts) == 2 and {r["item"] for r in mine} == set(counts)
+    for r in mine:
+        assert list(counts[r["item"]]) == [r["pixel"]["tp"], r["pixel"]["fp"], r["pixel"]["fn"]]
+    d = paired_bootstrap(counts, pixel_counts(eval_out, "initializer", 0.5), n_resamples=50)
+    rows = load_rows([eval_out])
+    by = {r.method: r for r in rows}
+    assert d.recall_diff == pytest.approx(by["gpr"].recall - by["initializer"].recall, abs=1e-12)
+    assert d.dice_diff == pytest.approx(by["gpr"].dice - by["initializer"].dice, abs=1e-12)
+    # the script prints the two interval columns for the TT-GPR row only
+    assert compare_script.main([str(eval_out), "--bootstrap", "50"]) == 0
+    table = capsys.readouterr().out
+    gpr_line = next(line for line in table.splitlines() if "| gpr |" in line)
+    assert "Δrecall [95 % CI]" in table and gpr_line.count("[") == 2
+    with pytest.raises(SystemExit):
+        compare_script.main([str(eval_out), "--bootstrap", "-1"])
+    # no cache, or a method it never scored: one clear error
+    with pytest.raises(EvaluationError, match="no cache/metrics.jsonl"):
+        pixel_counts(tmp_path, "gpr", 0.5)
+    with pytest.raises(EvaluationError, match="no record of method 'gpr_x'"):
+        pixel_counts(eval_out, "gpr_x", 0.5)
+    broken = tmp_path / "cache"
+    broken.mkdir()
+    (broken / "metrics.jsonl").write_text('{"method": "gpr", "threshold": 0.5}\n')
+    with pytest.raises(EvaluationError, match="line 1 is not a metrics record"):
+        pixel_counts(tmp_path, "gpr", 0.5)

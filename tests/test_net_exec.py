@@ -167,18 +167,19 @@ def test_engine_precision_errors_and_stable_hash():
         Engine(replace(EngineConfig(), precision="fp8"), seg, gen, device="cpu")  # type: ignore[arg-type]
     # fp32 leaves `precision` out of the hash, and so does edge_sigma_per_input_pitch when off (its default):
     # the hash without those fields, pinned (findings.json, screen journals). It moves only when a default
-    # that changes outputs does (last: the engine's λ_prox 0.2, issue 11; before, 7de200d2492d9bad).
+    # that changes outputs does (last: t0 0.85 and the film rule, refine_max_enlargement, issue 11; before,
+    # d2ea9c6c95e4aed3 with λ_prox 0.2, and 7de200d2492d9bad with SPEC §4's settings).
     legacy = dataclasses.asdict(EngineConfig())
     del legacy["precision"]
     del legacy["edge_sigma_per_input_pitch"]
     blob = json.dumps([{"EngineConfig": legacy}], sort_keys=True, default=str)
-    assert engine_config_hash(EngineConfig()) == hashlib.sha256(blob.encode()).hexdigest()[:16] == "d2ea9c6c95e4aed3"
-    assert Engine(EngineConfig(), seg, gen, device="cpu").config_hash == "d2ea9c6c95e4aed3"
-    assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != "d2ea9c6c95e4aed3"
-    assert engine_config_hash(replace(EngineConfig(), edge_sigma_per_input_pitch=True)) != "d2ea9c6c95e4aed3"
-    # the engine starts from SPEC §4's TT-GPR defaults with only λ_prox changed
-    assert EngineConfig().refine == replace(RefineConfig(), lam_prox=0.2) != RefineConfig()
-    assert engine_config_hash(replace(EngineConfig(), refine=RefineConfig())) == "7de200d2492d9bad"
+    pinned = "8c5f681113ad5cdb"
+    assert engine_config_hash(EngineConfig()) == hashlib.sha256(blob.encode()).hexdigest()[:16] == pinned
+    assert Engine(EngineConfig(), seg, gen, device="cpu").config_hash == pinned
+    assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != pinned
+    assert engine_config_hash(replace(EngineConfig(), edge_sigma_per_input_pitch=True)) != pinned
+    # the engine starts from SPEC §4's TT-GPR defaults with only λ_prox and t0 changed
+    assert EngineConfig().refine == replace(RefineConfig(), lam_prox=0.2, t0=0.85) != RefineConfig()
 
 
 def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):
@@ -207,6 +208,32 @@ def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):
     scaled = build_parser().parse_args(["screen", "d", "--out", "o", "--pitch-scaled-edge"])
     screen.make_engine({name: getattr(scaled, name, None) for name in screen._ENGINE_OPTIONS})
     assert seen["cfg"].edge_sigma_per_input_pitch is True
+    assert seen["cfg"].refine_max_enlargement == 2.0               # film keeps the segmentor's map by default
+    film = build_parser().parse_args(["screen", "d", "--out", "o", "--refine-film"])
+    screen.make_engine({name: getattr(film, name, None) for name in screen._ENGINE_OPTIONS})
+    assert seen["cfg"].refine_max_enlargement == float("inf") and seen["cfg"].edge_sigma_per_input_pitch is False
     legacy = argparse.Namespace(method="gpr", no_refine=False, reference=False, seed=0, no_seg=False, device="cpu")
     screen.make_engine(vars(legacy))                 # options pickled before the flags existed: defaults
     assert seen["cfg"].precision == "fp32" and seen["cfg"].edge_sigma_per_input_pitch is False
+    assert seen["cfg"].refine_max_enlargement == 2.0
+
+
+def test_eval_refine_film_reaches_the_engine_config(monkeypatch):
+    """`mcgenref eval --refine-film` (and sweeps, which always refine film) lift the film rule."""
+    from mcgenref_fast import pipeline
+    from mcgenref_fast.cli import build_parser
+    from mcgenref_fast.evaluation.runner import make_engine
+
+    seen = {}
+
+    class FakeEngine:
+        def __init__(self, cfg, device="cpu", weights_dir=None):
+            seen.update(cfg=cfg)
+
+    monkeypatch.setattr(pipeline, "Engine", FakeEngine)
+    args = build_parser().parse_args(["eval", "--dataset", "semireal", "d", "--out", "o", "--refine-film"])
+    assert args.refine_film is True
+    make_engine("gpr", refine_film=args.refine_film)
+    assert seen["cfg"].refine_max_enlargement == float("inf")
+    make_engine("gpr")
+    assert seen["cfg"].refine_max_enlargement == 2.0

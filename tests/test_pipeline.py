@@ -238,7 +238,7 @@ def test_edge_sigma_follows_the_input_pitch_when_asked(tmp_path: Path, input_mm,
     src = tmp_path / "case.png"
     Image.fromarray(phantom_with_mcs((120, 90))).save(src)
     canonical = to_canonical(read_mammogram(src, spacing_mm=input_mm))
-    engine = tiny_engine(edge_sigma_per_input_pitch=flag)
+    engine = tiny_engine(edge_sigma_per_input_pitch=flag, refine_max_enlargement=float("inf"))
     seen = []
     real = engine._refine
 
@@ -250,3 +250,51 @@ def test_edge_sigma_follows_the_input_pitch_when_asked(tmp_path: Path, input_mm,
     engine.analyse(canonical)
     assert seen[0].edge_sigma_i == pytest.approx(SMALL_REFINE.edge_sigma_i * want_scale, rel=1e-12)
     assert seen[0].lam_edge == SMALL_REFINE.lam_edge
+
+
+@pytest.mark.parametrize("input_mm,limit,want", [
+    (0.2, 2.0, "initializer"),     # film scan at 0.2 mm: 2.86x, over the default limit
+    (0.14, 2.0, "gpr"),            # exactly 2x: still refined
+    (0.1, 2.0, "gpr"),             # a 0.1 mm digital detector: 1.43x
+    (0.05, 2.0, "gpr"),            # finer than canonical
+    (0.2, float("inf"), "gpr"),    # --refine-film
+])
+def test_gpr_keeps_the_segmentors_map_on_coarse_inputs(tmp_path: Path, input_mm, limit, want) -> None:
+    """`refine_max_enlargement`: 'gpr' on an input enlarged more than the limit to reach 0.07 mm gives exactly
+    the initializer's map (no TT-GPR iteration), recorded as `method_applied` in the analysis and in
+    findings.json; on finer inputs (and with the limit off) TT-GPR runs and changes the map."""
+    src = tmp_path / "case.png"
+    Image.fromarray(phantom_with_mcs((200, 150))).save(src)
+    engine = tiny_engine(refine_max_enlargement=limit)
+    seen = []
+    real = engine._refine
+
+    def spy(image, breast, seg, gen, cfg, **kw):
+        seen.append(cfg.outer_iters)
+        return real(image, breast, seg, gen, cfg, **kw)
+
+    engine._refine = spy
+    result = engine.run_file(src, OutputLayout(tmp_path / "out"), spacing_mm=input_mm)
+    assert result.analysis.method_applied == want
+    assert seen == [0 if want == "initializer" else SMALL_REFINE.outer_iters]
+    doc = json.loads((result.out_dir / "findings.json").read_text())
+    assert doc["provenance"]["method"] == "gpr" and doc["provenance"]["method_applied"] == want
+    init = tiny_engine("initializer").analyse(result.analysis.canonical)
+    same = np.array_equal(init.prob, result.analysis.prob)
+    assert same == (want == "initializer")
+    assert init.method_applied == "initializer"
+
+
+def test_refine_max_enlargement_is_checked_and_hashed() -> None:
+    from mcgenref_fast.errors import ConfigError
+    from mcgenref_fast.pipeline import engine_config_hash
+
+    for bad in (0.5, float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="refine_max_enlargement must be >= 1"):
+            replace(EngineConfig(), refine_max_enlargement=bad)
+    assert EngineConfig().refine_max_enlargement == 2.0
+    assert engine_config_hash(replace(EngineConfig(), refine_max_enlargement=float("inf"))) != \
+        engine_config_hash(EngineConfig())
+    # the top-hat and the initializer ignore the limit
+    assert replace(EngineConfig(), method="tophat").method_for(3.0) == "tophat"
+    assert replace(EngineConfig(), method="initializer").method_for(1.0) == "initializer"

@@ -16,7 +16,7 @@ from typing import Any
 from mcgenref_fast.commands.options import device_arg, positive_int, seed_arg
 from mcgenref_fast.commands.segment import (
     add_outline_margin_option,
-    add_pitch_edge_option,
+    add_film_options,
     add_weights_option,
     findings_config,
     weights_dir_option,
@@ -57,7 +57,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="store probability maps as float16 (rounded toward 0: exact for float16 thresholds)")
     add_outline_margin_option(p)
     add_weights_option(p)
-    add_pitch_edge_option(p)
+    add_film_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     findings = findings_config(args.outline_margin)
     weights_dir = weights_dir_option(args.weights, any(m != "tophat" for m in methods))
     engines = {m: make_engine(m, device=args.device, seed=args.seed, reference=args.reference, findings=findings,
-                              weights_dir=weights_dir, pitch_scaled_edge=args.pitch_scaled_edge)
+                              weights_dir=weights_dir, pitch_scaled_edge=args.pitch_scaled_edge,
+                              refine_film=args.refine_film)
                for m in methods}
     run_ = run_eval(items, engines, args.out, settings)
     dataset = {"kind": kind, "path": str(path), "n_items": len(items), "limit": args.limit,

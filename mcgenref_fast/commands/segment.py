@@ -31,14 +31,30 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-seg", action="store_true", help="do not write seg.dcm for DICOM inputs")
     add_outline_margin_option(p)
     add_weights_option(p)
-    add_pitch_edge_option(p)
+    add_film_options(p)
 
 
-def add_pitch_edge_option(p: argparse.ArgumentParser) -> None:
-    """`--pitch-scaled-edge` (EngineConfig.edge_sigma_per_input_pitch), shared with `eval`."""
+def add_film_options(p: argparse.ArgumentParser) -> None:
+    """`--pitch-scaled-edge` (EngineConfig.edge_sigma_per_input_pitch) and `--refine-film`
+    (EngineConfig.refine_max_enlargement = inf), shared with `eval`."""
+    from mcgenref_fast.config import CANONICAL_SPACING_MM, ENGINE_REFINE_MAX_ENLARGEMENT
+
+    coarse_mm = ENGINE_REFINE_MAX_ENLARGEMENT * CANONICAL_SPACING_MM
+    p.add_argument("--refine-film", action="store_true",
+                   help=f"run TT-GPR on inputs coarser than {coarse_mm:g} mm too (film scans, e.g. mini-MIAS at "
+                        "0.2 mm); by default they keep the segmentor's map, where TT-GPR lost recall (README, film)")
     p.add_argument("--pitch-scaled-edge", action="store_true",
-                   help="on inputs coarser than 0.07 mm (film scans), divide TT-GPR's edge sigma_I by the "
+                   help="on inputs coarser than 0.07 mm that TT-GPR refines, divide its edge sigma_I by the "
                         "enlargement (default off: SPEC 4's sigma_I everywhere; README, film)")
+
+
+def film_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The EngineConfig fields `--pitch-scaled-edge` and `--refine-film` set (absent options: the defaults)."""
+    from mcgenref_fast.config import ENGINE_REFINE_MAX_ENLARGEMENT
+
+    refine_film = bool(getattr(args, "refine_film", False))
+    return {"edge_sigma_per_input_pitch": bool(getattr(args, "pitch_scaled_edge", False)),
+            "refine_max_enlargement": float("inf") if refine_film else ENGINE_REFINE_MAX_ENLARGEMENT}
 
 
 def add_weights_option(p: argparse.ArgumentParser) -> None:
@@ -96,7 +112,7 @@ def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
     cfg = replace(EngineConfig(), method=method, implementation="reference" if args.reference else "fast",
                   seed=args.seed, write_seg=not args.no_seg, precision=getattr(args, "precision", "fp32"),
                   findings=findings_config(getattr(args, "outline_margin", FindingsConfig().outline_margin_mm)),
-                  edge_sigma_per_input_pitch=bool(getattr(args, "pitch_scaled_edge", False)))
+                  **film_fields(args))
     weights_dir = weights_dir_option(getattr(args, "weights", None), method != "tophat")
     return Engine(cfg, device=args.device, progress=progress, weights_dir=weights_dir)
 

@@ -157,22 +157,36 @@ def _n(v: Optional[float], digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def rows_markdown(rows: list[EvalRow], baseline_method: str = BASELINE_METHOD) -> str:
+def bootstrap_against(row: EvalRow, baseline: EvalRow, n_resamples: int, seed: int = 0) -> Any:
+    """`bootstrap.paired_bootstrap` of `row` minus `baseline` from their runs' caches (same images)."""
+    from mcgenref_fast.evaluation.bootstrap import paired_bootstrap, pixel_counts
+
+    if row.threshold is None or baseline.threshold is None:
+        raise EvaluationError(f"{row.run}: no operating threshold recorded: re-run the evaluation")
+    return paired_bootstrap(pixel_counts(row.run, row.method, row.threshold),
+                            pixel_counts(baseline.run, baseline.method, baseline.threshold), n_resamples, seed)
+
+
+def rows_markdown(rows: list[EvalRow], baseline_method: str = BASELINE_METHOD, bootstrap: int = 0) -> str:
     """One table: a row per (run, method), its pooled pixel figures, recall per input pitch, MC and cluster
     figures, and — for TT-GPR rows (method names starting with 'gpr': `mcgenref eval`'s and sweep_refine.py's) —
-    issue 11's bar against the baseline on the same images."""
+    issue 11's bar against the baseline on the same images; with `bootstrap` = N > 0 also the recall and Dice
+    differences from the baseline with 95 % intervals over N paired resamples of the images (bootstrap.py)."""
     pitches = sorted({p for r in rows for p in r.recall_by_pitch}, key=float)
     head = (["run", "method", "images", "T", "Dice", "precision", "recall", "FNR", "G-Mean"]
             + [f"recall @ {p} mm" for p in pitches]
-            + ["MC sens.", "FP MCs / image", "clusters", "FP clusters / normal", f"bar vs {baseline_method}"])
+            + ["MC sens.", "FP MCs / image", "clusters", "FP clusters / normal", f"bar vs {baseline_method}"]
+            + ([f"Δrecall [95 % CI]", f"ΔDice [95 % CI]"] if bootstrap > 0 else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         base = baseline_for(r, rows, baseline_method) if r.method.startswith("gpr") else None
         verdict = None if base is None else recall_bar(r, base)
+        diff = None if base is None or bootstrap <= 0 else bootstrap_against(r, base, bootstrap)
         clusters = "–" if r.clusters_true in (None, 0) else f"{r.clusters_found} / {r.clusters_true}"
         cells = ([r.run, r.method, str(r.n_images), _n(r.threshold, 2), _n(r.dice), _n(r.precision), _n(r.recall), _n(r.fnr),
                   _n(r.g_mean)] + [_n(r.recall_by_pitch.get(p)) for p in pitches]
                  + [_n(r.mc_sensitivity), _n(r.fp_mcs_per_image, 2), clusters, _n(r.fp_clusters_per_normal, 2),
-                    "–" if verdict is None else verdict.text()])
+                    "–" if verdict is None else verdict.text()]
+                 + ([] if bootstrap <= 0 else ["–", "–"] if diff is None else [diff.recall_text(), diff.dice_text()]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

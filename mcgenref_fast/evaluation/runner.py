@@ -72,17 +72,19 @@ class EvalSettings:
 # --------------------------------------------------------------------------------------------------
 def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool = False,
                 findings: Optional[FindingsConfig] = None, weights_dir: Optional[Path] = None,
-                pitch_scaled_edge: bool = False) -> Any:
+                pitch_scaled_edge: bool = False, refine_film: bool = False) -> Any:
     """The Engine for a method name ('gpr', 'initializer', 'tophat'); gpr/initializer load the shipped weights,
     or those of `weights_dir` (`Engine`); `pitch_scaled_edge` turns the film edge rule on
-    (`EngineConfig.edge_sigma_per_input_pitch`)."""
+    (`EngineConfig.edge_sigma_per_input_pitch`), `refine_film` lets 'gpr' refine coarse inputs too
+    (`EngineConfig.refine_max_enlargement` = inf)."""
     from mcgenref_fast.pipeline import Engine, EngineConfig
 
     if method not in METHODS:
         raise McGenRefError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     cfg = replace(EngineConfig(), method=method, seed=seed, implementation="reference" if reference else "fast",
                   findings=findings if findings is not None else FindingsConfig(),
-                  edge_sigma_per_input_pitch=pitch_scaled_edge)
+                  edge_sigma_per_input_pitch=pitch_scaled_edge,
+                  **({"refine_max_enlargement": float("inf")} if refine_film else {}))
     return Engine(cfg, device=device, weights_dir=weights_dir)
 
 
