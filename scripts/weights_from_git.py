@@ -4,8 +4,8 @@ Example: python scripts/weights_from_git.py 8eaf3fc runs/gen1/weights
 (the networks shipped before gen11: segmentor v4 8822aa4d…, generator gen1 1b8fa1f8…; README figures marked as
 measured with the first generator are reproduced by their commands plus `--weights runs/gen1/weights`).
 
-Reads `mcgenref_fast/weights/manifest.json` and each file it names at REV with `git show` (run inside this
-repository's clone), checks every file's sha256 against that manifest, and writes them under OUT.
+Reads `mcgenref_fast/weights/manifest.json` and each file it names at REV with `git show` in the clone this
+script lives in, checks every file's sha256 against that manifest, and writes them under OUT.
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 WEIGHTS = "mcgenref_fast/weights"
+REPO = Path(__file__).resolve().parents[1]   # the clone this script lives in
 
 
 def git_show(rev: str, path: str) -> bytes:
     """The bytes of `path` at `rev`; SystemExit with git's message when it is not there."""
-    done = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True)
+    done = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"], capture_output=True)
     if done.returncode != 0:
         sys.exit(f"weights_from_git: {rev}:{path}: {done.stderr.decode(errors='replace').strip()}")
     return done.stdout

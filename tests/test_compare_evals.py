@@ -213,7 +213,9 @@ def test_paired_bootstrap_refuses_different_images_and_bad_settings() -> None:
         paired_bootstrap(a, a, n_resamples=0)
 
 
-def test_bootstrap_reads_a_real_runs_cache(eval_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bootstrap_reads_a_real_runs_counts(eval_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
     from mcgenref_fast.evaluation.bootstrap import paired_bootstrap, pixel_counts
 
     counts = pixel_counts(eval_out, "gpr", 0.5)
@@ -234,13 +236,42 @@ def test_bootstrap_reads_a_real_runs_cache(eval_out: Path, tmp_path: Path, capsy
     assert "Δrecall [95 % CI]" in table and gpr_line.count("[") == 2
     with pytest.raises(SystemExit):
         compare_script.main([str(eval_out), "--bootstrap", "-1"])
-    # no cache, or a method it never scored: one clear error
+
+    # a results.json written before the per-image counts: the cache, limited to the images it lists; a torn
+    # line (an interrupted run) is skipped; a record from another run of an image it does not list is ignored
+    old = tmp_path / "old"
+    shutil.copytree(eval_out, old)
+    doc = json.loads((old / "results.json").read_text())
+    for m in doc["methods"].values():
+        for row in m["per_image"]:
+            row.pop("pixel_counts", None)
+    (old / "results.json").write_text(json.dumps(doc))
+    stray = dict(mine[0], item="not_in_this_run")
+    with (old / "cache" / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(stray) + "\n" + '{"method": "gpr", "thresh')
+    assert {k: list(v) for k, v in pixel_counts(old, "gpr", 0.5).items()} == \
+        {k: list(v) for k, v in counts.items()}
+    with pytest.raises(EvaluationError, match="no record at threshold 0.7"):
+        pixel_counts(old, "gpr", 0.7)
+    shutil.rmtree(old / "cache")
     with pytest.raises(EvaluationError, match="no cache/metrics.jsonl"):
-        pixel_counts(tmp_path, "gpr", 0.5)
-    with pytest.raises(EvaluationError, match="no record of method 'gpr_x'"):
+        pixel_counts(old, "gpr", 0.5)
+    # no pixel truth (mini-MIAS rows): nothing to bootstrap, shown as "–"
+    for m in doc["methods"].values():
+        for row in m["per_image"]:
+            row.pop("pixel", None)
+    (old / "results.json").write_text(json.dumps(doc))
+    assert pixel_counts(old, "gpr", 0.5) is None
+    # a method the results.json does not hold: one clear error
+    with pytest.raises(EvaluationError, match="no per-image rows of method 'gpr_x'"):
         pixel_counts(eval_out, "gpr_x", 0.5)
-    broken = tmp_path / "cache"
-    broken.mkdir()
-    (broken / "metrics.jsonl").write_text('{"method": "gpr", "threshold": 0.5}\n')
-    with pytest.raises(EvaluationError, match="line 1 is not a metrics record"):
-        pixel_counts(tmp_path, "gpr", 0.5)
+
+
+def test_bootstrap_of_truth_free_images_is_refused() -> None:
+    import numpy as np
+
+    from mcgenref_fast.evaluation.bootstrap import paired_bootstrap
+
+    empty = {"n1": np.array([0, 4, 0]), "n2": np.array([0, 0, 0])}
+    with pytest.raises(EvaluationError, match="undefined"):
+        paired_bootstrap(empty, dict(empty), n_resamples=20)

@@ -218,22 +218,33 @@ def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):
     assert seen["cfg"].refine_max_enlargement == 2.0
 
 
-def test_eval_refine_film_reaches_the_engine_config(monkeypatch):
-    """`mcgenref eval --refine-film` (and sweeps, which always refine film) lift the film rule."""
+def test_eval_refine_film_reaches_the_engine_config(monkeypatch, tmp_path):
+    """`mcgenref eval --refine-film` reaches the gpr Engine's config (the methods without TT-GPR keep the default,
+    so their cached maps stay valid); sweeps always refine film."""
     from mcgenref_fast import pipeline
-    from mcgenref_fast.cli import build_parser
-    from mcgenref_fast.evaluation.runner import make_engine
+    from mcgenref_fast.cli import main
+    from mcgenref_fast.evaluation import runner
+    from test_eval import make_synthetic_set
 
     seen = {}
 
     class FakeEngine:
         def __init__(self, cfg, device="cpu", weights_dir=None):
-            seen.update(cfg=cfg)
+            seen[cfg.method] = cfg
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
 
     monkeypatch.setattr(pipeline, "Engine", FakeEngine)
-    args = build_parser().parse_args(["eval", "--dataset", "semireal", "d", "--out", "o", "--refine-film"])
-    assert args.refine_film is True
-    make_engine("gpr", refine_film=args.refine_film)
-    assert seen["cfg"].refine_max_enlargement == float("inf")
-    make_engine("gpr")
-    assert seen["cfg"].refine_max_enlargement == 2.0
+    monkeypatch.setattr(runner, "run_eval", stop)
+    data = make_synthetic_set(tmp_path / "syn")
+    for flag, want in (([], 2.0), (["--refine-film"], float("inf"))):
+        seen.clear()
+        with pytest.raises(Stop):
+            main(["eval", "--method", "gpr", "--method", "initializer", "--dataset", "synthetic", str(data), "--out",
+                  str(tmp_path / "out"), "--limit", "1"] + flag)
+        assert seen["gpr"].refine_max_enlargement == want
+        assert seen["initializer"].refine_max_enlargement == 2.0

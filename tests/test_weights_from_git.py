@@ -24,7 +24,7 @@ def _in_git() -> bool:
 def test_head_weights_load_as_a_weights_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mcgenref_fast.models.weights import load_models_over_default
 
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(tmp_path)   # git runs in the script's clone, wherever we are
     out = tmp_path / "w"
     assert script.main(["HEAD", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -39,7 +39,7 @@ def test_head_weights_load_as_a_weights_folder(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.skipif(not _in_git(), reason="needs this repository's git history")
 def test_unknown_revision_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(tmp_path)   # git runs in the script's clone, wherever we are
     with pytest.raises(SystemExit, match="no-such-rev"):
         script.main(["no-such-rev", str(tmp_path / "w")])
     assert not (tmp_path / "w").exists()

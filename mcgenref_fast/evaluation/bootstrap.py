@@ -5,14 +5,18 @@ differences it turns on are a few thousandths. Resampling the images (with repla
 methods) says how far such a difference could move on another draw of images like these: a 95 % interval that
 straddles 0 means the set cannot tell the two apart.
 
-The per-image pixel counts come from an evaluation's cache (`OUT/cache/metrics.jsonl`, one record per image,
-method and operating threshold; the last record wins when an image was scored more than once).
+The per-image pixel counts are those of the row's own `results.json` (`per_image[*].pixel_counts`, written since
+2026-11-28), so a bootstrap describes exactly the images and settings of the row it is printed beside. An older
+results.json without them falls back to its run's cache (`cache/metrics.jsonl`, restricted to the images the
+results.json lists; the last record of an image wins, so a cache shared by several settings may mix them:
+re-running the eval command rewrites results.json from the cache in seconds).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -51,26 +55,50 @@ def metrics_file(run_dir: str | Path) -> Path:
         f = folder / "cache" / "metrics.jsonl"
         if f.is_file():
             return f
-    raise EvaluationError(f"{run}: no cache/metrics.jsonl here or in its parent: the per-image counts the "
-                          "bootstrap needs are in the cache of `mcgenref eval` / sweep_refine.py; re-run it there")
+    raise EvaluationError(f"{run}: no cache/metrics.jsonl here or in its parent, and its results.json has no "
+                          "per-image pixel counts: re-run the `mcgenref eval` / sweep_refine.py command that made it")
 
 
-def pixel_counts(run_dir: str | Path, method: str, threshold: float) -> dict[str, np.ndarray]:
-    """item → (tp, fp, fn) pixel counts of `method` scored at `threshold` in that run's cache."""
-    path = metrics_file(run_dir)
+def _per_image_rows(run_dir: Path, method: str) -> list[dict]:
+    path = run_dir / "results.json"
+    try:
+        rows = json.loads(path.read_text())["methods"][method]["per_image"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EvaluationError(f"{path}: no per-image rows of method {method!r} ({exc!r}): re-run the evaluation "
+                              "that wrote it") from None
+    if not isinstance(rows, list):
+        raise EvaluationError(f"{path}: per_image of {method!r} is not a list: re-run the evaluation")
+    return rows
+
+
+def pixel_counts(run_dir: str | Path, method: str, threshold: float) -> Optional[dict[str, np.ndarray]]:
+    """item → (tp, fp, fn) pixel counts of `method` at `threshold` for the images of that run's results.json
+    (None when none of them has pixel truth, e.g. mini-MIAS): from the results.json itself, else the cache."""
+    run = Path(run_dir)
+    rows = _per_image_rows(run, method)
+    items = {str(r.get("item")) for r in rows if r.get("pixel") is not None}
+    if not items:
+        return None
+    if all("pixel_counts" in r for r in rows if r.get("pixel") is not None):
+        return {str(r["item"]): np.array([int(r["pixel_counts"][k]) for k in COUNTS], np.int64)
+                for r in rows if r.get("pixel") is not None}
+    path = metrics_file(run)
     out: dict[str, np.ndarray] = {}
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
             try:
                 rec = json.loads(line)
-                if rec.get("method") != method or abs(float(rec.get("threshold")) - threshold) > 1e-9:
+                if (rec.get("method") != method or str(rec.get("item")) not in items or rec.get("pixel") is None
+                        or abs(float(rec.get("threshold")) - threshold) > 1e-9):
                     continue
                 out[str(rec["item"])] = np.array([int(rec["pixel"][k]) for k in COUNTS], np.int64)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise EvaluationError(f"{path}: line {n} is not a metrics record ({exc!r}): delete the cache "
-                                      "folder and re-run the evaluation") from None
-    if not out:
-        raise EvaluationError(f"{path}: no record of method {method!r} at threshold {threshold:g}")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue   # a torn line of an interrupted run, as runner.MetricsLog skips it
+    missing = items - set(out)
+    if missing:
+        raise EvaluationError(f"{path}: no record at threshold {threshold:g} of method {method!r} for "
+                              f"{len(missing)} of the images its results.json lists (e.g. {sorted(missing)[:3]}): "
+                              "re-run the evaluation that wrote it")
     return out
 
 
@@ -100,10 +128,15 @@ def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_resam
     rr_a, dd_a = _pooled(ca[draw])
     rr_b, dd_b = _pooled(cb[draw])
     d_rec, d_dice = rr_a - rr_b, dd_a - dd_b
+    if not (np.isfinite(rec_a - rec_b) and np.isfinite(dice_a - dice_b)):
+        raise EvaluationError(f"pooled recall or Dice is undefined on these {len(items)} images (no true or "
+                              "predicted pixel): nothing to bootstrap")
     tail = 100.0 * (1.0 - level) / 2.0
-    ci = lambda d: tuple(float(v) for v in np.nanpercentile(d, [tail, 100.0 - tail]))  # noqa: E731
+    # a resample of only truth-free images has no recall: such draws are left out of the interval and the share
+    ok_rec, ok_dice = d_rec[np.isfinite(d_rec)], d_dice[np.isfinite(d_dice)]
+    ci = lambda d: tuple(float(v) for v in np.percentile(d, [tail, 100.0 - tail]))  # noqa: E731
     return PairedDifference(
         n_images=len(items), n_resamples=n_resamples, level=level,
-        recall_diff=float(rec_a - rec_b), recall_ci=ci(d_rec), dice_diff=float(dice_a - dice_b), dice_ci=ci(d_dice),
-        p_recall_not_above=float(np.mean(~(d_rec > 0))),
+        recall_diff=float(rec_a - rec_b), recall_ci=ci(ok_rec), dice_diff=float(dice_a - dice_b), dice_ci=ci(ok_dice),
+        p_recall_not_above=float(np.mean(~(ok_rec > 0))),
     )

@@ -163,8 +163,11 @@ def bootstrap_against(row: EvalRow, baseline: EvalRow, n_resamples: int, seed: i
 
     if row.threshold is None or baseline.threshold is None:
         raise EvaluationError(f"{row.run}: no operating threshold recorded: re-run the evaluation")
-    return paired_bootstrap(pixel_counts(row.run, row.method, row.threshold),
-                            pixel_counts(baseline.run, baseline.method, baseline.threshold), n_resamples, seed)
+    mine = pixel_counts(row.run, row.method, row.threshold)
+    theirs = pixel_counts(baseline.run, baseline.method, baseline.threshold)
+    if mine is None or theirs is None:
+        return None   # no pixel truth (e.g. mini-MIAS): nothing to bootstrap
+    return paired_bootstrap(mine, theirs, n_resamples, seed)
 
 
 def rows_markdown(rows: list[EvalRow], baseline_method: str = BASELINE_METHOD, bootstrap: int = 0) -> str:

@@ -114,6 +114,8 @@ def per_image_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                "seconds": r.get("seconds"), **{k: r["findings"][k] for k in ("n_mcs", "n_clusters", "flagged")}}
         if r.get("pixel") is not None:
             row["pixel"] = pixel_metrics(Confusion(**r["pixel"])).to_dict()
+            # the raw counts too: pooled figures over any subset of images (the paired bootstrap, bootstrap.py)
+            row["pixel_counts"] = {k: int(r["pixel"][k]) for k in ("tp", "fp", "fn", "tn")}
         if r.get("mc") is not None:
             row["mc"] = r["mc"]
         if r.get("cluster") is not None:

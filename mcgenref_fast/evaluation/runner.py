@@ -76,7 +76,7 @@ def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool
     """The Engine for a method name ('gpr', 'initializer', 'tophat'); gpr/initializer load the shipped weights,
     or those of `weights_dir` (`Engine`); `pitch_scaled_edge` turns the film edge rule on
     (`EngineConfig.edge_sigma_per_input_pitch`), `refine_film` lets 'gpr' refine coarse inputs too
-    (`EngineConfig.refine_max_enlargement` = inf)."""
+    (`EngineConfig.refine_max_enlargement` = inf; the other methods keep the default, so their cache keys stay)."""
     from mcgenref_fast.pipeline import Engine, EngineConfig
 
     if method not in METHODS:
@@ -84,7 +84,7 @@ def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool
     cfg = replace(EngineConfig(), method=method, seed=seed, implementation="reference" if reference else "fast",
                   findings=findings if findings is not None else FindingsConfig(),
                   edge_sigma_per_input_pitch=pitch_scaled_edge,
-                  **({"refine_max_enlargement": float("inf")} if refine_film else {}))
+                  **({"refine_max_enlargement": float("inf")} if refine_film and method == "gpr" else {}))
     return Engine(cfg, device=device, weights_dir=weights_dir)
 
 
