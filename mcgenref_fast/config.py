@@ -89,6 +89,7 @@ def engine_refine_config() -> RefineConfig:
 # 0.07 mm; a film scanned at 0.2 mm is enlarged 2.9× and there every TT-GPR setting and generator tried lost
 # recall against the segmentor. 2.0 (0.14 mm) keeps every digital detector pitch (0.05-0.1 mm) refined.
 ENGINE_REFINE_MAX_ENLARGEMENT = 2.0
+REFINE_EVERY_INPUT = float("inf")   # refine_max_enlargement of `--refine-film` and of sweeps
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from mcgenref_fast.config import RefineConfig, parse_refine_overrides
+from mcgenref_fast.config import REFINE_EVERY_INPUT, RefineConfig, parse_refine_overrides
 from mcgenref_fast.evaluation.datasets import load_dataset
 from mcgenref_fast.evaluation.report import build_results, write_results
 from mcgenref_fast.evaluation.runner import EvalSettings, run_eval
@@ -57,7 +57,7 @@ def main() -> None:
         # a sweep studies TT-GPR itself: it refines every input, film scans included (the engine's default keeps
         # the segmentor's map on inputs enlarged more than 2x; `mcgenref eval` shows that)
         ecfg = replace(EngineConfig(), refine=rcfg, edge_sigma_per_input_pitch=args.pitch_scaled_edge,
-                       refine_max_enlargement=float("inf"))
+                       refine_max_enlargement=REFINE_EVERY_INPUT)
         engine = Engine(ecfg, device=args.device, weights_dir=args.weights)
         name = "gpr_" + text.replace("=", "").replace(",", "_") + ("_pitchedge" if args.pitch_scaled_edge else "")
         out = args.out / name

@@ -50,11 +50,11 @@ def add_film_options(p: argparse.ArgumentParser) -> None:
 
 def film_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The EngineConfig fields `--pitch-scaled-edge` and `--refine-film` set (absent options: the defaults)."""
-    from mcgenref_fast.config import ENGINE_REFINE_MAX_ENLARGEMENT
+    from mcgenref_fast.config import ENGINE_REFINE_MAX_ENLARGEMENT, REFINE_EVERY_INPUT
 
     refine_film = bool(getattr(args, "refine_film", False))
     return {"edge_sigma_per_input_pitch": bool(getattr(args, "pitch_scaled_edge", False)),
-            "refine_max_enlargement": float("inf") if refine_film else ENGINE_REFINE_MAX_ENLARGEMENT}
+            "refine_max_enlargement": REFINE_EVERY_INPUT if refine_film else ENGINE_REFINE_MAX_ENLARGEMENT}
 
 
 def add_weights_option(p: argparse.ArgumentParser) -> None:

@@ -158,7 +158,8 @@ def _n(v: Optional[float], digits: int = 3) -> str:
 
 
 def bootstrap_against(row: EvalRow, baseline: EvalRow, n_resamples: int, seed: int = 0) -> Any:
-    """`bootstrap.paired_bootstrap` of `row` minus `baseline` from their runs' caches (same images)."""
+    """`bootstrap.paired_bootstrap` of `row` minus `baseline` from their runs' per-image counts (same images);
+    None when the dataset has no pixel truth."""
     from mcgenref_fast.evaluation.bootstrap import paired_bootstrap, pixel_counts
 
     if row.threshold is None or baseline.threshold is None:

@@ -77,6 +77,7 @@ def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool
     or those of `weights_dir` (`Engine`); `pitch_scaled_edge` turns the film edge rule on
     (`EngineConfig.edge_sigma_per_input_pitch`), `refine_film` lets 'gpr' refine coarse inputs too
     (`EngineConfig.refine_max_enlargement` = inf; the other methods keep the default, so their cache keys stay)."""
+    from mcgenref_fast.config import REFINE_EVERY_INPUT
     from mcgenref_fast.pipeline import Engine, EngineConfig
 
     if method not in METHODS:
@@ -84,7 +85,7 @@ def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool
     cfg = replace(EngineConfig(), method=method, seed=seed, implementation="reference" if reference else "fast",
                   findings=findings if findings is not None else FindingsConfig(),
                   edge_sigma_per_input_pitch=pitch_scaled_edge,
-                  **({"refine_max_enlargement": float("inf")} if refine_film and method == "gpr" else {}))
+                  **({"refine_max_enlargement": REFINE_EVERY_INPUT} if refine_film and method == "gpr" else {}))
     return Engine(cfg, device=device, weights_dir=weights_dir)
 
 
