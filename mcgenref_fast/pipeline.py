@@ -15,14 +15,16 @@ import numpy as np
 import torch
 
 from mcgenref_fast.baseline import TopHatConfig
-from mcgenref_fast.config import (ENGINE_REFINE_MAX_ENLARGEMENT, CanonicalConfig, FindingsConfig, RefineConfig,
-                                  config_to_dict, engine_refine_config, hash_named_dicts)
+from mcgenref_fast.config import (ENGINE_FILM_SEGMENTOR_MIN_ENLARGEMENT, ENGINE_REFINE_MAX_ENLARGEMENT,
+                                  NO_FILM_SEGMENTOR, CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict,
+                                  engine_refine_config, hash_named_dicts)
 from mcgenref_fast.devices import usable_device
 from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.net_exec import PRECISIONS, Precision, upload
 from mcgenref_fast.tiling import make_grid
 
 Method = Literal["gpr", "initializer", "tophat"]
+SegmentorName = Literal["segmentor", "segmentor_film"]   # manifest names (`models.weights.FILM_SEGMENTOR`)
 Implementation = Literal["fast", "reference"]
 
 
@@ -40,7 +42,10 @@ class EngineConfig:
     t0 (`config.engine_refine_config`, issue 11's operating point). refine_max_enlargement: 'gpr' refines an
     input only when it reaches the canonical pitch by at most this enlargement (input pitch / canonical pitch);
     a coarser one (film at 0.2 mm: 2.9×) keeps the segmentor's map, recorded as `method_applied` (inf:
-    refine every input, `--refine-film`; README, film scans).
+    refine every input, `--refine-film`; README, film scans). film_segmentor_min_enlargement: an input
+    enlarged more than this is segmented by the weights' film segmentor (`segmentor_film`, MCs learnt on the
+    film's grid) when the engine has one, recorded as `segmentor_applied` (inf: the segmentor for every input,
+    `--no-film-segmentor`; an Engine without a film segmentor sets it to inf, so its hash says what ran).
     """
 
     canonical: CanonicalConfig = field(default_factory=CanonicalConfig)
@@ -55,11 +60,15 @@ class EngineConfig:
     precision: Precision = "fp32"
     edge_sigma_per_input_pitch: bool = False
     refine_max_enlargement: float = ENGINE_REFINE_MAX_ENLARGEMENT
+    film_segmentor_min_enlargement: float = ENGINE_FILM_SEGMENTOR_MIN_ENLARGEMENT
 
     def __post_init__(self) -> None:
         if not self.refine_max_enlargement >= 1.0:   # NaN fails too
             raise ConfigError(f"refine_max_enlargement must be >= 1 (inf: refine every input), "
                               f"got {self.refine_max_enlargement}")
+        if not self.film_segmentor_min_enlargement >= 1.0:
+            raise ConfigError(f"film_segmentor_min_enlargement must be >= 1 (inf: no film segmentor), "
+                              f"got {self.film_segmentor_min_enlargement}")
 
     def method_for(self, enlargement: float) -> Method:
         """The method that runs on an input enlarged by `enlargement` (input pitch / canonical pitch) to reach
@@ -67,6 +76,12 @@ class EngineConfig:
         if self.method == "gpr" and enlargement > self.refine_max_enlargement:
             return "initializer"
         return self.method
+
+    def segmentor_for(self, enlargement: float) -> SegmentorName:
+        """The segmentor for an input enlarged by `enlargement`: 'segmentor_film' above
+        `film_segmentor_min_enlargement`, else 'segmentor' (the Engine holds the film one only when its
+        weights have it; without it this field is inf)."""
+        return "segmentor_film" if enlargement > self.film_segmentor_min_enlargement else "segmentor"
 
 
 def engine_config_hash(cfg: EngineConfig) -> str:
@@ -78,6 +93,8 @@ def engine_config_hash(cfg: EngineConfig) -> str:
         del fields["precision"]
     if fields.get("edge_sigma_per_input_pitch") is False:
         del fields["edge_sigma_per_input_pitch"]
+    if fields.get("film_segmentor_min_enlargement") == NO_FILM_SEGMENTOR:
+        del fields["film_segmentor_min_enlargement"]   # no film segmentor: the hash of before the field
     return hash_named_dicts([(type(cfg).__name__, fields)])
 
 
@@ -118,6 +135,7 @@ class Analysis:
     n_tiles: int
     diagnostics: list[Any]
     method_applied: str = "gpr"   # what ran: `EngineConfig.method_for` the input's pitch
+    segmentor_applied: Optional[str] = None   # `EngineConfig.segmentor_for` the input's pitch; None: top-hat
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,21 +168,31 @@ class Engine:
     def __init__(self, cfg: EngineConfig = EngineConfig(), segmentor: torch.nn.Module | None = None,
                  generator: torch.nn.Module | None = None, device: str | torch.device = "cpu",
                  weights_sha256: dict[str, str] | None = None, progress: bool = False,
-                 weights_dir: str | Path | None = None) -> None:
-        """Networks: `segmentor` and `generator` given in memory (both), or else both loaded (sha256-checked)
-        from `weights_dir` where its manifest holds them and from the shipped weights otherwise."""
-        self.cfg = cfg
+                 weights_dir: str | Path | None = None, film_segmentor: torch.nn.Module | None = None) -> None:
+        """Networks: `segmentor` and `generator` given in memory (both; `film_segmentor` too, optionally), or
+        else loaded (sha256-checked) from `weights_dir` where its manifest holds them and from the shipped
+        weights otherwise (the film segmentor: `models.weights.film_segmentor_source`). Without a film
+        segmentor, or with `cfg.film_segmentor_min_enlargement` inf, every input gets `segmentor`."""
         # the top-hat baseline runs no network: any device name stays as given (it never moves a tensor there)
         self.device = torch.device(device) if cfg.method == "tophat" else usable_device(device)
         _check_precision(cfg, self.device)
         self.progress = progress
         self.weights_sha256 = weights_sha256
+        wants_film = cfg.method != "tophat" and cfg.film_segmentor_min_enlargement < NO_FILM_SEGMENTOR
         if cfg.method != "tophat" and (segmentor is None or generator is None):
-            from mcgenref_fast.models.weights import load_models_over_default
+            from mcgenref_fast.models.weights import FILM_SEGMENTOR, load_film_segmentor, load_models_over_default
 
             segmentor, generator, self.weights_sha256 = load_models_over_default(weights_dir, self.device)
+            film_segmentor = load_film_segmentor(weights_dir, self.device) if wants_film else None
+            if film_segmentor is not None:
+                self.weights_sha256 = {**self.weights_sha256,
+                                       FILM_SEGMENTOR: str(film_segmentor.weights_info["sha256"])}  # type: ignore[index]
         self.segmentor = None if segmentor is None else segmentor.to(self.device).eval()
         self.generator = None if generator is None else generator.to(self.device).eval()
+        self.film_segmentor = film_segmentor.to(self.device).eval() if wants_film and film_segmentor is not None else None
+        if self.film_segmentor is None and cfg.film_segmentor_min_enlargement < NO_FILM_SEGMENTOR:
+            cfg = replace(cfg, film_segmentor_min_enlargement=NO_FILM_SEGMENTOR)   # what this engine does
+        self.cfg = cfg
         self._refine = refine_function(cfg.implementation)
         self.config_hash = engine_config_hash(cfg)
 
@@ -177,7 +205,9 @@ class Engine:
         t = time.perf_counter()
         diagnostics: list[Any] = []
         n_tiles = 0
-        method = self.cfg.method_for(canonical.input_spacing_mm / canonical.spacing_mm)
+        enlargement = canonical.input_spacing_mm / canonical.spacing_mm
+        method = self.cfg.method_for(enlargement)
+        segmentor_applied: Optional[str] = None
         if method == "tophat":
             from mcgenref_fast.baseline import tophat_detect
 
@@ -193,7 +223,9 @@ class Engine:
             image = upload(torch.from_numpy(np.ascontiguousarray(canonical.image, np.float32)), self.device)
             breast = upload(torch.from_numpy(np.ascontiguousarray(canonical.breast_mask, bool)), self.device)
             extra = {} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}
-            result = self._refine(image, breast, self.segmentor, self.generator, rcfg, seed=self.cfg.seed,
+            segmentor_applied = self.cfg.segmentor_for(enlargement)
+            segmentor = self.film_segmentor if segmentor_applied == "segmentor_film" else self.segmentor
+            result = self._refine(image, breast, segmentor, self.generator, rcfg, seed=self.cfg.seed,
                                   progress=self.progress, **extra)
             prob = result.probability().float().cpu().numpy()
             diagnostics = list(result.diagnostics)
@@ -204,7 +236,8 @@ class Engine:
         mask = (prob >= threshold) & canonical.breast_mask
         findings = extract_findings_canonical(prob, mask, canonical, replace(self.cfg.findings, threshold=threshold))
         timings["findings_s"] = time.perf_counter() - t
-        return Analysis(canonical, prob, mask, findings, timings, n_tiles, diagnostics, method_applied=method)
+        return Analysis(canonical, prob, mask, findings, timings, n_tiles, diagnostics, method_applied=method,
+                        segmentor_applied=segmentor_applied)
 
     # ------------------------------------------------------------------------------------ files
     def run_file(self, path: str | Path, layout: Any, spacing_mm: float | None = None,
@@ -254,6 +287,7 @@ class Engine:
         provenance = make_provenance(
             path, meta.spacing_mm, meta.spacing_source, meta.flips, self.weights_sha256, self.config_hash,
             method=self.cfg.method, method_applied=analysis.method_applied,
+            segmentor_applied=analysis.segmentor_applied,
             implementation=self.cfg.implementation, seed=self.cfg.seed,
             canonical_flipped_lr=bool(canonical.flipped_lr), timings_s=dict(analysis.timings_s),
         )

@@ -470,9 +470,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, model_cfg: ModelConfig | Non
           dataset_factory: DatasetFactory | None = None, device: str | torch.device | None = "auto",
           resume: bool = False, export_to: str | Path | None = None, progress: bool = True,
           stop_at_step: int | None = None, time_limit_s: float | None = None,
-          extra_training_info: dict | None = None) -> TrainResult:
+          extra_training_info: dict | None = None, export_name: str | None = None) -> TrainResult:
     """Run (or resume) training to `cfg.steps` in `run_dir`; export the final weights into `export_to`
-    (default `run_dir/weights`). `dataset_factory(n, seed, patch_px)` defaults to the synthetic pairs.
+    (default `run_dir/weights`) under the manifest name `export_name` (default the model kind; a segmentor
+    may be exported as 'segmentor_film', the engine's segmentor for film scans). `dataset_factory(n, seed, patch_px)` defaults to the synthetic pairs.
 
     `stop_at_step` / `time_limit_s` end this session early (checkpoint written, nothing exported) so that a
     long run can be split over sessions; continue it with `resume=True`."""
@@ -566,7 +567,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, model_cfg: ModelConfig | Non
         }
         info.update(extra_training_info or {})
         exported = save_model(trainer.final_model(), Path(export_to) if export_to else run_dir / "weights",
-                              name=cfg.model, training=info)
+                              name=export_name or cfg.model, training=info)
         log.write(kind="export", step=trainer.step, file=exported["file"], sha256=exported["sha256"],
                   to=str(export_to or run_dir / "weights"))
     log.close()

@@ -5,7 +5,8 @@ Example: python scripts/sweep_refine.py runs/devsets/semireal_shifted --kind sem
 Each `--set` is one run: comma-separated `RefineConfig` fields (numbers) over SPEC §4's defaults (`RefineConfig()`,
 λ_prox 0.05 and t0 0.7: not the engine's λ_prox 0.2 and t0 0.85, so `--set t0=0.85,lam_prox=0.2` is the shipped
 default), e.g. `t0=0.9,outer_iters=2`; every input is refined, film scans included (the engine keeps the segmentor's
-map on inputs enlarged more than 2×: `mcgenref eval --refine-film` lifts that);
+map on inputs enlarged more than 2×: `mcgenref eval --refine-film` lifts that), every one by the segmentor (the
+engine's film segmentor is off: `mcgenref eval --refine-film --no-film-segmentor` is a sweep's setting);
 `--weights DIR` runs them with the networks of a weights directory (`mcgenref train ... --export-to DIR`);
 `--pitch-scaled-edge` turns on `EngineConfig.edge_sigma_per_input_pitch` (as `mcgenref eval`), its runs written to
 `OUT/gpr_<set>_pitchedge/`. `--device cuda` runs the networks and TT-GPR on a GPU (scripts/gpu_issue11.sh);
@@ -17,7 +18,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from mcgenref_fast.config import REFINE_EVERY_INPUT, RefineConfig, parse_refine_overrides
+from mcgenref_fast.config import NO_FILM_SEGMENTOR, REFINE_EVERY_INPUT, RefineConfig, parse_refine_overrides
 from mcgenref_fast.evaluation.datasets import load_dataset
 from mcgenref_fast.evaluation.report import build_results, write_results
 from mcgenref_fast.evaluation.runner import EvalSettings, run_eval
@@ -55,9 +56,10 @@ def main() -> None:
     for text in args.settings:
         rcfg = replace(RefineConfig(), **parse_setting(text))
         # a sweep studies TT-GPR itself: it refines every input, film scans included (the engine's default keeps
-        # the segmentor's map on inputs enlarged more than 2x; `mcgenref eval` shows that)
+        # the segmentor's map on inputs enlarged more than 2x; `mcgenref eval` shows that), with the one segmentor
+        # on every input (not the film segmentor of the engine's default: TT-GPR was studied with that segmentor)
         ecfg = replace(EngineConfig(), refine=rcfg, edge_sigma_per_input_pitch=args.pitch_scaled_edge,
-                       refine_max_enlargement=REFINE_EVERY_INPUT)
+                       refine_max_enlargement=REFINE_EVERY_INPUT, film_segmentor_min_enlargement=NO_FILM_SEGMENTOR)
         engine = Engine(ecfg, device=args.device, weights_dir=args.weights)
         name = "gpr_" + text.replace("=", "").replace(",", "_") + ("_pitchedge" if args.pitch_scaled_edge else "")
         out = args.out / name

@@ -171,6 +171,34 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert seg2.cfg == TINY_SEG and gen2.cfg == TINY_GEN
 
 
+def test_film_segmentor_source_keeps_a_retrained_segmentor_without_the_shipped_film_one(tmp_path) -> None:
+    """Where the film segmentor comes from: the folder's own `segmentor_film`; the shipped one when the
+    segmentor is the shipped one (no folder, or a folder with a generator only); none for a folder with its
+    own segmentor and no film one. A `segmentor_film` entry that is not a segmentor is refused."""
+    from mcgenref_fast.models.weights import (FILM_SEGMENTOR, default_weights_dir, film_segmentor_source,
+                                              load_film_segmentor, weights_sources)
+
+    shipped = default_weights_dir()
+    assert film_segmentor_source(None) == shipped
+    save_model(VelocityNet(TINY_GEN), tmp_path / "gen_only")
+    assert film_segmentor_source(tmp_path / "gen_only") == shipped
+    save_model(Segmentor(TINY_SEG), tmp_path / "seg_only")
+    assert film_segmentor_source(tmp_path / "seg_only") is None and load_film_segmentor(tmp_path / "seg_only") is None
+    film = _perturbed(Segmentor(TINY_SEG))
+    entry = save_model(film, tmp_path / "film_only", name=FILM_SEGMENTOR)
+    assert film_segmentor_source(tmp_path / "film_only") == tmp_path / "film_only"
+    # a folder with only a film segmentor is a valid --weights folder: both networks stay the shipped ones
+    assert weights_sources(tmp_path / "film_only") == {"segmentor": shipped, "generator": shipped}
+    loaded = load_film_segmentor(tmp_path / "film_only")
+    assert loaded.weights_info["sha256"] == entry["sha256"]
+    x = torch.rand(1, 1, 20, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), film(x))
+    save_model(VelocityNet(TINY_GEN), tmp_path / "wrong", name=FILM_SEGMENTOR)
+    with pytest.raises(WeightsError, match="'segmentor_film' must be a segmentor"):
+        load_film_segmentor(tmp_path / "wrong")
+
+
 def test_checksum_mismatch_raises(tmp_path) -> None:
     save_model(Segmentor(TINY_SEG), tmp_path)
     path = tmp_path / "segmentor.pt"

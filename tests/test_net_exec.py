@@ -167,15 +167,20 @@ def test_engine_precision_errors_and_stable_hash():
         Engine(replace(EngineConfig(), precision="fp8"), seg, gen, device="cpu")  # type: ignore[arg-type]
     # fp32 leaves `precision` out of the hash, and so does edge_sigma_per_input_pitch when off (its default):
     # the hash without those fields, pinned (findings.json, screen journals). It moves only when a default
-    # that changes outputs does (last: t0 0.85 and the film rule, refine_max_enlargement, issue 11; before,
-    # d2ea9c6c95e4aed3 with λ_prox 0.2, and 7de200d2492d9bad with SPEC §4's settings).
+    # that changes outputs does (last: the film segmentor, film_segmentor_min_enlargement, issue 11; before,
+    # 8c5f681113ad5cdb with t0 0.85 and the film rule, d2ea9c6c95e4aed3 with λ_prox 0.2, and 7de200d2492d9bad
+    # with SPEC §4's settings).
     legacy = dataclasses.asdict(EngineConfig())
     del legacy["precision"]
     del legacy["edge_sigma_per_input_pitch"]
     blob = json.dumps([{"EngineConfig": legacy}], sort_keys=True, default=str)
-    pinned = "8c5f681113ad5cdb"
+    pinned = "7740e4709166ffa1"
     assert engine_config_hash(EngineConfig()) == hashlib.sha256(blob.encode()).hexdigest()[:16] == pinned
-    assert Engine(EngineConfig(), seg, gen, device="cpu").config_hash == pinned
+    assert Engine(EngineConfig(), seg, gen, device="cpu", film_segmentor=make_tiny_segmentor()).config_hash == pinned
+    # an engine without a film segmentor segments every input with its segmentor: its config says so
+    # (film_segmentor_min_enlargement inf, left out of the hash), and the hash is the one from before the field
+    no_film = Engine(EngineConfig(), seg, gen, device="cpu")
+    assert no_film.cfg.film_segmentor_min_enlargement == float("inf") and no_film.config_hash == "8c5f681113ad5cdb"
     assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != pinned
     assert engine_config_hash(replace(EngineConfig(), edge_sigma_per_input_pitch=True)) != pinned
     # the engine starts from SPEC §4's TT-GPR defaults with only λ_prox and t0 changed
@@ -212,10 +217,14 @@ def test_cli_precision_flag_reaches_the_engine_config(monkeypatch):
     film = build_parser().parse_args(["screen", "d", "--out", "o", "--refine-film"])
     screen.make_engine({name: getattr(film, name, None) for name in screen._ENGINE_OPTIONS})
     assert seen["cfg"].refine_max_enlargement == float("inf") and seen["cfg"].edge_sigma_per_input_pitch is False
+    assert seen["cfg"].film_segmentor_min_enlargement == 2.0       # the film segmentor is on by default
+    one = build_parser().parse_args(["screen", "d", "--out", "o", "--no-film-segmentor"])
+    screen.make_engine({name: getattr(one, name, None) for name in screen._ENGINE_OPTIONS})
+    assert seen["cfg"].film_segmentor_min_enlargement == float("inf") and seen["cfg"].refine_max_enlargement == 2.0
     legacy = argparse.Namespace(method="gpr", no_refine=False, reference=False, seed=0, no_seg=False, device="cpu")
     screen.make_engine(vars(legacy))                 # options pickled before the flags existed: defaults
     assert seen["cfg"].precision == "fp32" and seen["cfg"].edge_sigma_per_input_pitch is False
-    assert seen["cfg"].refine_max_enlargement == 2.0
+    assert seen["cfg"].refine_max_enlargement == 2.0 and seen["cfg"].film_segmentor_min_enlargement == 2.0
 
 
 def test_eval_refine_film_reaches_the_engine_config(monkeypatch, tmp_path):
@@ -248,3 +257,10 @@ def test_eval_refine_film_reaches_the_engine_config(monkeypatch, tmp_path):
                   str(tmp_path / "out"), "--limit", "1"] + flag)
         assert seen["gpr"].refine_max_enlargement == want
         assert seen["initializer"].refine_max_enlargement == 2.0
+    # --no-film-segmentor reaches both (the segmentor maps film scans under either method)
+    for flag, want in (([], 2.0), (["--no-film-segmentor"], float("inf"))):
+        seen.clear()
+        with pytest.raises(Stop):
+            main(["eval", "--method", "gpr", "--method", "initializer", "--dataset", "synthetic", str(data), "--out",
+                  str(tmp_path / "out"), "--limit", "1"] + flag)
+        assert seen["gpr"].film_segmentor_min_enlargement == seen["initializer"].film_segmentor_min_enlargement == want

@@ -179,12 +179,14 @@ def test_segment_cli_weights_dir_replaces_only_what_it_holds(tmp_path: Path, cap
                "--weights", str(tmp_path / "w")])
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((tmp_path / "out" / "img" / "findings.json").read_text())
+    # the shipped segmentor stays, and with it the shipped film segmentor (models.weights.film_segmentor_source)
     assert doc["provenance"]["weights_sha256"] == {"segmentor": shipped["segmentor"]["sha256"],
-                                                   "generator": entry["sha256"]}
+                                                   "generator": entry["sha256"],
+                                                   "segmentor_film": shipped["segmentor_film"]["sha256"]}
     (tmp_path / "empty").mkdir()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "manifest.json").write_text('{"format_version": 1, "models": {"mystery": {}}}')
-    for folder, words in (("empty", "manifest not found"), ("other", "neither a segmentor nor a generator")):
+    for folder, words in (("empty", "manifest not found"), ("other", "holds no segmentor, generator or segmentor_film")):
         rc = main(["segment", str(src), "--out", str(tmp_path / f"out_{folder}"), "--spacing", "0.1",
                    "--weights", str(tmp_path / folder)])
         err = capsys.readouterr().err
@@ -298,3 +300,68 @@ def test_refine_max_enlargement_is_checked_and_hashed() -> None:
     # the top-hat and the initializer ignore the limit
     assert replace(EngineConfig(), method="tophat").method_for(3.0) == "tophat"
     assert replace(EngineConfig(), method="initializer").method_for(1.0) == "initializer"
+
+
+@pytest.mark.parametrize("input_mm,limit,want", [
+    (0.2, 2.0, "segmentor_film"),   # film scan at 0.2 mm: 2.86x, over the default limit
+    (0.14, 2.0, "segmentor"),       # exactly 2x: the segmentor
+    (0.07, 2.0, "segmentor"),       # a digital mammogram
+    (0.2, float("inf"), "segmentor"),   # --no-film-segmentor
+])
+@pytest.mark.parametrize("method", ["gpr", "initializer"])
+def test_film_inputs_get_the_film_segmentor(tmp_path: Path, input_mm, limit, want, method) -> None:
+    """`film_segmentor_min_enlargement`: an input enlarged more than the limit is segmented by the film
+    segmentor, under both 'gpr' and 'initializer' (its map is that of an engine whose segmentor is the film
+    one), recorded as `segmentor_applied` in the analysis and findings.json; finer inputs get the segmentor."""
+    from mcgenref_fast.canonical import to_canonical
+    from mcgenref_fast.io import read_mammogram
+
+    src = tmp_path / "case.png"
+    Image.fromarray(phantom_with_mcs((200, 150))).save(src)
+    seg, film = make_tiny_segmentor(0), make_tiny_segmentor(7)
+    cfg = replace(EngineConfig(), method=method, refine=SMALL_REFINE, film_segmentor_min_enlargement=limit)
+    engine = Engine(cfg, seg, make_tiny_generator(), film_segmentor=film, weights_sha256={"segmentor": "tiny"})
+    result = engine.run_file(src, OutputLayout(tmp_path / "out"), spacing_mm=input_mm)
+    assert result.analysis.segmentor_applied == want
+    doc = json.loads((result.out_dir / "findings.json").read_text())
+    assert doc["provenance"]["segmentor_applied"] == want
+    canonical = to_canonical(read_mammogram(src, spacing_mm=input_mm), cfg.canonical)
+    no_film = replace(cfg, film_segmentor_min_enlargement=float("inf"))
+    as_film = Engine(no_film, film, make_tiny_generator()).analyse(canonical).prob
+    as_seg = Engine(no_film, seg, make_tiny_generator()).analyse(canonical).prob
+    assert not np.array_equal(as_film, as_seg)   # the two segmentors differ here, so the check can fail
+    assert np.array_equal(result.analysis.prob, as_film if want == "segmentor_film" else as_seg)
+
+
+def test_film_segmentor_limit_is_checked_hashed_and_dropped_without_one() -> None:
+    from mcgenref_fast.errors import ConfigError
+    from mcgenref_fast.pipeline import engine_config_hash
+
+    for bad in (0.5, float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="film_segmentor_min_enlargement must be >= 1"):
+            replace(EngineConfig(), film_segmentor_min_enlargement=bad)
+    assert EngineConfig().film_segmentor_min_enlargement == EngineConfig().refine_max_enlargement == 2.0
+    assert EngineConfig().segmentor_for(2.86) == "segmentor_film" and EngineConfig().segmentor_for(1.0) == "segmentor"
+    off = replace(EngineConfig(), film_segmentor_min_enlargement=float("inf"))
+    assert engine_config_hash(off) != engine_config_hash(EngineConfig())
+    # an engine given no film segmentor, or the top-hat, states the limit off (its hash: as without the field)
+    for method in ("gpr", "tophat"):
+        engine = Engine(replace(EngineConfig(), method=method), make_tiny_segmentor(), make_tiny_generator())
+        assert engine.film_segmentor is None and engine.cfg.film_segmentor_min_enlargement == float("inf")
+    # and with the limit off, a film segmentor given is not used
+    engine = Engine(off, make_tiny_segmentor(), make_tiny_generator(), film_segmentor=make_tiny_segmentor(7))
+    assert engine.film_segmentor is None
+
+
+def test_shipped_engine_loads_the_film_segmentor_unless_turned_off() -> None:
+    """The shipped weights hold `segmentor_film`; the default Engine loads it (sha256 in the provenance digest),
+    `--no-film-segmentor`'s config does not."""
+    from mcgenref_fast.models import read_manifest
+    from mcgenref_fast.models.weights import default_weights_dir
+
+    shipped = read_manifest(default_weights_dir())["models"]
+    engine = Engine(replace(EngineConfig(), method="initializer"))
+    assert engine.film_segmentor is not None
+    assert engine.weights_sha256["segmentor_film"] == shipped["segmentor_film"]["sha256"] != shipped["segmentor"]["sha256"]
+    off = Engine(replace(EngineConfig(), method="initializer", film_segmentor_min_enlargement=float("inf")))
+    assert off.film_segmentor is None and "segmentor_film" not in off.weights_sha256

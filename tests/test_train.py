@@ -179,6 +179,35 @@ def test_cli_train_command(tmp_path, monkeypatch, capsys) -> None:
     assert manifest["models"]["generator"]["training"]["data"].startswith("mcgenref_fast.synth")
 
 
+def test_cli_export_name_writes_a_film_segmentor(tmp_path, monkeypatch, capsys) -> None:
+    """`--export-name segmentor_film` exports a segmentor under the film segmentor's manifest name, which the
+    engine then loads for film scans (models.weights.load_film_segmentor); a name that does not fit the model
+    kind is a clear error before any training."""
+    import argparse
+
+    import mcgenref_fast.train as train_mod
+    from mcgenref_fast.commands import train as train_cmd
+    from mcgenref_fast.errors import ConfigError
+    from mcgenref_fast.models.weights import load_film_segmentor
+
+    monkeypatch.setattr(train_mod, "synth_dataset_factory", lambda backgrounds=None, synth_cfg=None: factory)
+    parser = argparse.ArgumentParser()
+    train_cmd.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["train", "segmentor", "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2", "--patch", "16",
+            "--device", "cpu", "--val-size", "2", "--base-width", "4", "--depth", "1", "--no-progress",
+            "--export-to", str(tmp_path / "w"), "--export-name", "segmentor_film"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert set(manifest["models"]) == {"segmentor_film"}
+    film = load_film_segmentor(tmp_path / "w")
+    assert film is not None and film.weights_info["sha256"] == manifest["models"]["segmentor_film"]["sha256"]
+    bad = parser.parse_args(["train", "generator", "--out", str(tmp_path / "g"), "--export-name", "segmentor_film"])
+    with pytest.raises(ConfigError, match="does not fit a generator"):
+        bad.func(bad)
+    assert not (tmp_path / "g").exists()
+
+
 def test_cli_match_source_sampling_reaches_the_data_and_the_manifest(tmp_path, monkeypatch, capsys) -> None:
     import argparse
 

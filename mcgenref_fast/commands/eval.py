@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     weights_dir = weights_dir_option(args.weights, any(m != "tophat" for m in methods))
     engines = {m: make_engine(m, device=args.device, seed=args.seed, reference=args.reference, findings=findings,
                               weights_dir=weights_dir, pitch_scaled_edge=args.pitch_scaled_edge,
-                              refine_film=args.refine_film)
+                              refine_film=args.refine_film, film_segmentor=not args.no_film_segmentor)
                for m in methods}
     run_ = run_eval(items, engines, args.out, settings)
     dataset = {"kind": kind, "path": str(path), "n_items": len(items), "limit": args.limit,

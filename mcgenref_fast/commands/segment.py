@@ -35,26 +35,35 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_film_options(p: argparse.ArgumentParser) -> None:
-    """`--pitch-scaled-edge` (EngineConfig.edge_sigma_per_input_pitch) and `--refine-film`
-    (EngineConfig.refine_max_enlargement = inf), shared with `eval`."""
+    """`--pitch-scaled-edge` (EngineConfig.edge_sigma_per_input_pitch), `--refine-film`
+    (EngineConfig.refine_max_enlargement = inf) and `--no-film-segmentor`
+    (EngineConfig.film_segmentor_min_enlargement = inf), shared with `eval`."""
     from mcgenref_fast.config import CANONICAL_SPACING_MM, ENGINE_REFINE_MAX_ENLARGEMENT
 
     coarse_mm = ENGINE_REFINE_MAX_ENLARGEMENT * CANONICAL_SPACING_MM
     p.add_argument("--refine-film", action="store_true",
                    help=f"run TT-GPR on inputs coarser than {coarse_mm:g} mm too (film scans, e.g. mini-MIAS at "
                         "0.2 mm); by default they keep the segmentor's map, where TT-GPR lost recall (README, film)")
+    p.add_argument("--no-film-segmentor", action="store_true",
+                   help=f"segment inputs coarser than {coarse_mm:g} mm with the segmentor too; by default the "
+                        "weights' film segmentor (MCs learnt on the film's grid) segments them (README, film)")
     p.add_argument("--pitch-scaled-edge", action="store_true",
                    help="on inputs coarser than 0.07 mm that TT-GPR refines, divide its edge sigma_I by the "
                         "enlargement (default off: SPEC 4's sigma_I everywhere; README, film)")
 
 
 def film_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The EngineConfig fields `--pitch-scaled-edge` and `--refine-film` set (absent options: the defaults)."""
-    from mcgenref_fast.config import ENGINE_REFINE_MAX_ENLARGEMENT, REFINE_EVERY_INPUT
+    """The EngineConfig fields `--pitch-scaled-edge`, `--refine-film` and `--no-film-segmentor` set (absent
+    options: the defaults)."""
+    from mcgenref_fast.config import (ENGINE_FILM_SEGMENTOR_MIN_ENLARGEMENT, ENGINE_REFINE_MAX_ENLARGEMENT,
+                                      NO_FILM_SEGMENTOR, REFINE_EVERY_INPUT)
 
     refine_film = bool(getattr(args, "refine_film", False))
+    no_film_segmentor = bool(getattr(args, "no_film_segmentor", False))
     return {"edge_sigma_per_input_pitch": bool(getattr(args, "pitch_scaled_edge", False)),
-            "refine_max_enlargement": REFINE_EVERY_INPUT if refine_film else ENGINE_REFINE_MAX_ENLARGEMENT}
+            "refine_max_enlargement": REFINE_EVERY_INPUT if refine_film else ENGINE_REFINE_MAX_ENLARGEMENT,
+            "film_segmentor_min_enlargement":
+                NO_FILM_SEGMENTOR if no_film_segmentor else ENGINE_FILM_SEGMENTOR_MIN_ENLARGEMENT}
 
 
 def add_weights_option(p: argparse.ArgumentParser) -> None:

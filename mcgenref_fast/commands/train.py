@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--workers", type=int, default=-1, help="data-loading processes (default: 0 on CPU, "
                    "min(8, cores - 1) on CUDA)")
     p.add_argument("--export-to", type=Path, metavar="DIR", help="weights directory to export into")
+    p.add_argument("--export-name", choices=("segmentor", "segmentor_film", "generator"), default=None,
+                   help="manifest name of the export (default: the model kind); segmentor_film: the segmentor the "
+                        "engine uses on film scans (inputs coarser than 0.14 mm; README, film)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=500, help="warmup steps (default 500)")
     p.add_argument("--t-min", type=float, default=0.5, help="generator: t ~ U[t_min, t_max] (default 0.5)")
@@ -84,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         train,
     )
 
+    if args.export_name is not None and (args.export_name == "generator") != (args.model == "generator"):
+        raise ConfigError(f"--export-name {args.export_name} does not fit a {args.model} "
+                          f"(a segmentor exports as segmentor or segmentor_film, a generator as generator)")
     device = resolve_device(args.device)
     workers = args.workers
     if workers < 0:
@@ -119,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, args.out, model_cfg=_model_cfg(args),
                    dataset_factory=synth_dataset_factory(backgrounds, synth_cfg),
                    device=device, resume=args.resume, export_to=args.export_to, progress=not args.no_progress,
-                   stop_at_step=args.stop_at, time_limit_s=args.time_limit, extra_training_info=data_info)
+                   stop_at_step=args.stop_at, time_limit_s=args.time_limit, extra_training_info=data_info,
+                   export_name=args.export_name)
     val = ", ".join(f"{k}={v:.4g}" for k, v in result.val.items())
     print(f"{args.model}: step {result.step}/{cfg.steps}, train loss {result.train_loss:.4g}, {val}, "
           f"{result.elapsed_s:.0f} s")

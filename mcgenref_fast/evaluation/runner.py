@@ -72,12 +72,13 @@ class EvalSettings:
 # --------------------------------------------------------------------------------------------------
 def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool = False,
                 findings: Optional[FindingsConfig] = None, weights_dir: Optional[Path] = None,
-                pitch_scaled_edge: bool = False, refine_film: bool = False) -> Any:
+                pitch_scaled_edge: bool = False, refine_film: bool = False, film_segmentor: bool = True) -> Any:
     """The Engine for a method name ('gpr', 'initializer', 'tophat'); gpr/initializer load the shipped weights,
     or those of `weights_dir` (`Engine`); `pitch_scaled_edge` turns the film edge rule on
     (`EngineConfig.edge_sigma_per_input_pitch`), `refine_film` lets 'gpr' refine coarse inputs too
-    (`EngineConfig.refine_max_enlargement` = inf; the other methods keep the default, so their cache keys stay)."""
-    from mcgenref_fast.config import REFINE_EVERY_INPUT
+    (`EngineConfig.refine_max_enlargement` = inf; the other methods keep the default, so their cache keys stay);
+    `film_segmentor=False` segments film scans with the segmentor too (`--no-film-segmentor`)."""
+    from mcgenref_fast.config import NO_FILM_SEGMENTOR, REFINE_EVERY_INPUT
     from mcgenref_fast.pipeline import Engine, EngineConfig
 
     if method not in METHODS:
@@ -85,6 +86,7 @@ def make_engine(method: str, device: str = "cpu", seed: int = 0, reference: bool
     cfg = replace(EngineConfig(), method=method, seed=seed, implementation="reference" if reference else "fast",
                   findings=findings if findings is not None else FindingsConfig(),
                   edge_sigma_per_input_pitch=pitch_scaled_edge,
+                  **({} if film_segmentor else {"film_segmentor_min_enlargement": NO_FILM_SEGMENTOR}),
                   **({"refine_max_enlargement": REFINE_EVERY_INPUT} if refine_film and method == "gpr" else {}))
     return Engine(cfg, device=device, weights_dir=weights_dir)
 

@@ -30,6 +30,7 @@ from mcgenref_fast.models.velocity import VelocityNet
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 _MODEL_CLASSES: dict[str, type[nn.Module]] = {"segmentor": Segmentor, "generator": VelocityNet}
+FILM_SEGMENTOR = "segmentor_film"   # manifest name of the segmentor for film scans (`film_segmentor_source`)
 
 
 def default_weights_dir() -> Path:
@@ -161,15 +162,15 @@ def load_default_models(device: str | torch.device = "cpu") -> tuple[Segmentor, 
 def weights_sources(directory: str | Path | None) -> dict[str, Path]:
     """{'segmentor': dir, 'generator': dir}: `directory` for each network its manifest holds, the shipped
     weights directory for the others. WeightsError when `directory` has no readable manifest or holds
-    neither network (checked without loading any tensor)."""
+    none of the networks (segmentor, generator, film segmentor; checked without loading any tensor)."""
     shipped = default_weights_dir()
     sources = {"segmentor": shipped, "generator": shipped}
     if directory is not None:
         names = read_manifest(directory)["models"]
         found = [name for name in sources if name in names]
-        if not found:
-            raise WeightsError(f"{Path(directory) / MANIFEST_NAME}: holds neither a segmentor nor a generator "
-                               f"(has: {sorted(names)}); export one there with `mcgenref train ... --export-to DIR`")
+        if not found and FILM_SEGMENTOR not in names:
+            raise WeightsError(f"{Path(directory) / MANIFEST_NAME}: holds no segmentor, generator or "
+                               f"{FILM_SEGMENTOR} (has: {sorted(names)}); export one there with `mcgenref train ... --export-to DIR`")
         for name in found:
             sources[name] = Path(directory)
     return sources
@@ -186,3 +187,33 @@ def load_models_over_default(directory: str | Path | None, device: str | torch.d
     gen = load_model(sources["generator"], "generator", device)
     digest = {name: str(model.weights_info["sha256"]) for name, model in (("segmentor", seg), ("generator", gen))}
     return seg, gen, digest  # type: ignore[return-value]
+
+
+
+def film_segmentor_source(directory: str | Path | None) -> Path | None:
+    """The weights directory whose `segmentor_film` segments film scans (`EngineConfig.film_segmentor_min_enlargement`),
+    or None: `directory` when its manifest holds one; else the shipped weights' when the segmentor itself is
+    the shipped one (`directory` None or holding no segmentor) and they hold one. A folder with its own
+    segmentor but no film segmentor gets none, so a retrained segmentor is never paired with the shipped
+    film one behind the user's back."""
+    shipped = default_weights_dir()
+    if directory is not None:
+        names = read_manifest(directory)["models"]
+        if FILM_SEGMENTOR in names:
+            return Path(directory)
+        if "segmentor" in names:
+            return None
+    return shipped if FILM_SEGMENTOR in read_manifest(shipped)["models"] else None
+
+
+def load_film_segmentor(directory: str | Path | None, device: str | torch.device = "cpu") -> Segmentor | None:
+    """The film segmentor from `film_segmentor_source(directory)` (sha256-checked), or None where there is none;
+    a manifest entry of another kind is a WeightsError."""
+    source = film_segmentor_source(directory)
+    if source is None:
+        return None
+    model = load_model(source, FILM_SEGMENTOR, device)
+    if not isinstance(model, Segmentor):
+        raise WeightsError(f"{source / MANIFEST_NAME}: {FILM_SEGMENTOR!r} must be a segmentor, "
+                           f"got a {model.weights_info['kind']}")  # type: ignore[index]
+    return model
