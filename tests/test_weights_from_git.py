@@ -22,7 +22,7 @@ def _in_git() -> bool:
 
 @pytest.mark.skipif(not _in_git(), reason="needs this repository's git history")
 def test_head_weights_load_as_a_weights_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mcgenref_fast.models.weights import load_models_over_default
+    from mcgenref_fast.models.weights import load_film_segmentor, load_models_over_default
 
     monkeypatch.chdir(tmp_path)   # git runs in the script's clone, wherever we are
     out = tmp_path / "w"
@@ -34,7 +34,10 @@ def test_head_weights_load_as_a_weights_folder(tmp_path: Path, monkeypatch: pyte
     for entry in manifest["models"].values():
         assert hashlib.sha256((out / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
     seg, gen, shas = load_models_over_default(out, "cpu")
-    assert shas == {name: e["sha256"] for name, e in manifest["models"].items()}
+    assert shas == {name: manifest["models"][name]["sha256"] for name in ("segmentor", "generator")}
+    if "segmentor_film" in manifest["models"]:   # the film segmentor, since 2026-11-28
+        film = load_film_segmentor(out, "cpu")
+        assert film is not None and film.weights_info["sha256"] == manifest["models"]["segmentor_film"]["sha256"]
 
 
 @pytest.mark.skipif(not _in_git(), reason="needs this repository's git history")
