@@ -92,11 +92,12 @@ ENGINE_REFINE_MAX_ENLARGEMENT = 2.0
 REFINE_EVERY_INPUT = float("inf")   # refine_max_enlargement of `--refine-film` and of sweeps
 
 # Film segmentor (issue 11): inputs reaching 0.07 mm by more than this enlargement (film scans) are segmented
-# by the weights' `segmentor_film` when they hold one: segmentor v6, fine-tuned with MCs formed on the film's
-# own grid (`--match-source-sampling`). On the 48 semi-real dev film crops it beat v4 on Dice, precision and
-# recall (0.524 / 0.500 / 0.551 against 0.491 / 0.463 / 0.522) and on mini-MIAS dev (clusters of 7 of 8 images,
-# 1.42 FP clusters per normal, against 6 and 1.58), but lost on digital crops, which keep v4. Same boundary as
-# the film rule above; NO_FILM_SEGMENTOR (`--no-film-segmentor`, sweeps) segments every input with `segmentor`.
+# by the weights' `segmentor_film` when they hold one: segmentor v7, v4 fine-tuned with MCs formed on the film's
+# own grid and then on film backgrounds only (MODEL_CARD "Film segmentor"). On the 48 semi-real dev film crops
+# it beat v4 on Dice, precision and recall (0.548 / 0.557 / 0.540 against 0.491 / 0.463 / 0.522) and on
+# mini-MIAS dev had 1.00 FP clusters per normal against 1.58; its earlier form (v6) lost on digital crops as the
+# only segmentor, so they keep v4. Same boundary as the film rule above; NO_FILM_SEGMENTOR (`--no-film-segmentor`,
+# sweeps) segments every input with `segmentor`.
 ENGINE_FILM_SEGMENTOR_MIN_ENLARGEMENT = ENGINE_REFINE_MAX_ENLARGEMENT
 NO_FILM_SEGMENTOR = float("inf")
 

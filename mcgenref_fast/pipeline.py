@@ -185,11 +185,12 @@ class Engine:
             segmentor, generator, self.weights_sha256 = load_models_over_default(weights_dir, self.device)
             film_segmentor = load_film_segmentor(weights_dir, self.device) if wants_film else None
             if film_segmentor is not None:
-                self.weights_sha256 = {**self.weights_sha256,
-                                       FILM_SEGMENTOR: str(film_segmentor.weights_info["sha256"])}  # type: ignore[index]
+                film_sha = str(film_segmentor.weights_info["sha256"])  # type: ignore[index]
+                self.weights_sha256 = {**self.weights_sha256, FILM_SEGMENTOR: film_sha}
         self.segmentor = None if segmentor is None else segmentor.to(self.device).eval()
         self.generator = None if generator is None else generator.to(self.device).eval()
-        self.film_segmentor = film_segmentor.to(self.device).eval() if wants_film and film_segmentor is not None else None
+        use_film = wants_film and film_segmentor is not None
+        self.film_segmentor = film_segmentor.to(self.device).eval() if use_film else None  # type: ignore[union-attr]
         if self.film_segmentor is None and cfg.film_segmentor_min_enlargement < NO_FILM_SEGMENTOR:
             cfg = replace(cfg, film_segmentor_min_enlargement=NO_FILM_SEGMENTOR)   # what this engine does
         self.cfg = cfg

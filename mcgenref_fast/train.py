@@ -131,18 +131,24 @@ def synth_dataset_factory(backgrounds: Any = None, synth_cfg: Any = None) -> Dat
     return make
 
 
-def load_train_backgrounds(splits_csv: str | Path) -> list[tuple[Path, float]]:
+def load_train_backgrounds(splits_csv: str | Path, min_spacing_mm: float | None = None) -> list[tuple[Path, float]]:
     """(path, spacing_mm) of the negatives whose split is `train` in `splits_csv` (never `dev`; mini-MIAS
     calcification cases are left out), for `SyntheticPairDataset(backgrounds=...)`; paths are relative to
-    the csv's folder. The images are read and made canonical lazily, once per DataLoader worker."""
+    the csv's folder. `min_spacing_mm` keeps only those scanned at that pitch or coarser (0.15: the film
+    scans, for a film segmentor). The images are read and made canonical lazily, once per DataLoader worker."""
     from mcgenref_fast.synth.background import train_split_backgrounds
 
     splits_csv = Path(splits_csv)
     if splits_csv.name != "splits.csv" or not splits_csv.is_file():
         raise ConfigError(f"{splits_csv}: expected an existing splits.csv (path,split,spacing_mm)")
     sources = train_split_backgrounds(splits_csv.parent, split="train")
+    if min_spacing_mm is not None:
+        if not min_spacing_mm > 0:
+            raise ConfigError(f"--backgrounds-min-spacing must be > 0 mm, got {min_spacing_mm}")
+        sources = [(p, mm) for p, mm in sources if mm >= min_spacing_mm]
     if not sources:
-        raise ConfigError(f"{splits_csv}: no usable rows with split == 'train'")
+        raise ConfigError(f"{splits_csv}: no usable rows with split == 'train'"
+                          + ("" if min_spacing_mm is None else f" scanned at {min_spacing_mm:g} mm or coarser"))
     missing = [str(p) for p, _ in sources if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"{splits_csv}: background images not found: {missing[:3]}")

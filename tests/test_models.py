@@ -199,6 +199,44 @@ def test_film_segmentor_source_keeps_a_retrained_segmentor_without_the_shipped_f
         load_film_segmentor(tmp_path / "wrong")
 
 
+def test_average_models_is_the_mean_of_the_entries_and_refuses_other_architectures(tmp_path) -> None:
+    """`average_models`: each float tensor is the mean over the folders (checked against a hand average), the
+    sources are listed, and scripts/average_weights.py writes it as a loadable entry; one folder, or an entry
+    of another architecture, is a WeightsError."""
+    import importlib.util
+    from pathlib import Path
+
+    from mcgenref_fast.models.weights import average_models, load_film_segmentor
+
+    torch.manual_seed(3)
+    nets = [_perturbed(Segmentor(TINY_SEG)) for _ in range(3)]
+    dirs = [tmp_path / f"s{i}" for i in range(3)]
+    for net, d in zip(nets, dirs):
+        save_model(net, d, name="segmentor_film")
+    soup = average_models(dirs, "segmentor_film")
+    for key, value in soup.state_dict().items():
+        if value.is_floating_point():
+            want = sum(n.state_dict()[key].double() for n in nets) / 3
+            assert torch.allclose(value.double(), want, atol=1e-7), key
+    assert [s["directory"] for s in soup.weights_info["average_of"]] == [str(d) for d in dirs]
+    assert any(not torch.equal(v, nets[0].state_dict()[k]) for k, v in soup.state_dict().items() if v.is_floating_point())
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("average_weights", root / "scripts" / "average_weights.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    assert script.main([str(tmp_path / "soup")] + [str(d) for d in dirs]) == 0
+    loaded = load_film_segmentor(tmp_path / "soup")
+    x = torch.rand(1, 1, 20, 24)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), soup(x), atol=1e-6)
+    with pytest.raises(WeightsError, match="at least two"):
+        average_models(dirs[:1], "segmentor_film")
+    save_model(Segmentor(SegmentorConfig(depth=1, base_width=4)), tmp_path / "other", name="segmentor_film")
+    with pytest.raises(WeightsError, match="another architecture"):
+        average_models([dirs[0], tmp_path / "other"], "segmentor_film")
+    assert script.main([str(tmp_path / "bad"), str(dirs[0])]) == 2
+
+
 def test_checksum_mismatch_raises(tmp_path) -> None:
     save_model(Segmentor(TINY_SEG), tmp_path)
     path = tmp_path / "segmentor.pt"

@@ -206,6 +206,9 @@ def test_cli_export_name_writes_a_film_segmentor(tmp_path, monkeypatch, capsys) 
     with pytest.raises(ConfigError, match="does not fit a generator"):
         bad.func(bad)
     assert not (tmp_path / "g").exists()
+    alone = parser.parse_args(["train", "segmentor", "--out", str(tmp_path / "f"), "--backgrounds-min-spacing", "0.15"])
+    with pytest.raises(ConfigError, match="add --backgrounds-split"):
+        alone.func(alone)
 
 
 def test_cli_match_source_sampling_reaches_the_data_and_the_manifest(tmp_path, monkeypatch, capsys) -> None:
@@ -223,7 +226,7 @@ def test_cli_match_source_sampling_reaches_the_data_and_the_manifest(tmp_path, m
     from mcgenref_fast.errors import ConfigError
 
     monkeypatch.setattr(train_mod, "synth_dataset_factory", capture)
-    monkeypatch.setattr(train_mod, "load_train_backgrounds", lambda csv: [("film.png", 0.2)])
+    monkeypatch.setattr(train_mod, "load_train_backgrounds", lambda csv, min_spacing_mm=None: [("film.png", 0.2)])
     parser = argparse.ArgumentParser()
     train_cmd.add_parser(parser.add_subparsers(dest="command"))
     argv = ["train", "segmentor", "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2", "--patch", "16",
@@ -342,3 +345,19 @@ def test_cli_surrogate_options_reach_the_config_and_the_manifest(tmp_path, monke
     training = json.loads((tmp_path / "w" / "manifest.json").read_text())["models"]["generator"]["training"]
     assert training["seed_weight_floor"] == 0.2 and training["surrogate_weight"] == 0.5
     assert training["surrogate_segmentor_sha256"] == seg_entry["sha256"]
+
+
+def test_backgrounds_min_spacing_keeps_the_film_scans(shared_data) -> None:
+    """`--backgrounds-min-spacing 0.15` on the shared splits.csv keeps exactly its `train` film scans (the
+    mini-MIAS normals at 0.2 mm), in the csv's order; a pitch no `train` row reaches, or <= 0, is a clear error."""
+    from mcgenref_fast.errors import ConfigError
+    from mcgenref_fast.train import load_train_backgrounds
+
+    every = load_train_backgrounds(shared_data / "splits.csv")
+    film = load_train_backgrounds(shared_data / "splits.csv", min_spacing_mm=0.15)
+    assert film == [(p, mm) for p, mm in every if mm >= 0.15]
+    assert film and len(film) < len(every) and all(mm == 0.2 and "mias" in str(p) for p, mm in film)
+    with pytest.raises(ConfigError, match="scanned at 0.5 mm or coarser"):
+        load_train_backgrounds(shared_data / "splits.csv", min_spacing_mm=0.5)
+    with pytest.raises(ConfigError, match="must be > 0 mm"):
+        load_train_backgrounds(shared_data / "splits.csv", min_spacing_mm=0.0)

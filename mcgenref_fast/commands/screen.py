@@ -19,8 +19,7 @@ from mcgenref_fast.commands.segment import add_common_options, engine_from_args,
 from mcgenref_fast.errors import ConfigError
 
 _ENGINE_OPTIONS = ("method", "no_refine", "reference", "seed", "no_seg", "device", "precision", "outline_margin",
-                   "weights", "pitch_scaled_edge", "refine_film",
-                   "no_film_segmentor")
+                   "weights", "pitch_scaled_edge", "refine_film", "no_film_segmentor")
 
 
 def make_engine(options: dict[str, Any], device: str | None = None) -> Any:

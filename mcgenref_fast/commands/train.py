@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--backgrounds-split", type=Path, metavar="SPLITS_CSV",
                    help="use the `train` rows of this splits.csv as real backgrounds (default: procedural only)")
+    p.add_argument("--backgrounds-min-spacing", type=float, metavar="MM",
+                   help="of those, only the ones scanned at MM or coarser (0.15: the film scans, for a film "
+                        "segmentor exported with --export-name segmentor_film)")
     p.add_argument("--real-min-breast-fraction", type=float, metavar="F",
                    help="share of a real background patch that must lie inside the breast mask (default: "
                    "SynthConfig's 1.0); below 1, patches straddling the skin line are drawn too")
@@ -105,10 +108,14 @@ def run(args: argparse.Namespace) -> int:
     )
     backgrounds = None
     data_info: dict = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural backgrounds"}
+    if args.backgrounds_min_spacing is not None and args.backgrounds_split is None:
+        raise ConfigError("--backgrounds-min-spacing filters real backgrounds: add --backgrounds-split SPLITS_CSV")
     if args.backgrounds_split is not None:
-        backgrounds = load_train_backgrounds(args.backgrounds_split)
+        backgrounds = load_train_backgrounds(args.backgrounds_split, args.backgrounds_min_spacing)
         data_info = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural + real backgrounds",
                      "backgrounds_split": str(args.backgrounds_split), "backgrounds": len(backgrounds)}
+        if args.backgrounds_min_spacing is not None:
+            data_info["backgrounds_min_spacing_mm"] = args.backgrounds_min_spacing
     if args.match_source_sampling and backgrounds is None:
         raise ConfigError("--match-source-sampling acts on real backgrounds only: add --backgrounds-split SPLITS_CSV")
     synth_cfg = None

@@ -170,7 +170,8 @@ def weights_sources(directory: str | Path | None) -> dict[str, Path]:
         found = [name for name in sources if name in names]
         if not found and FILM_SEGMENTOR not in names:
             raise WeightsError(f"{Path(directory) / MANIFEST_NAME}: holds no segmentor, generator or "
-                               f"{FILM_SEGMENTOR} (has: {sorted(names)}); export one there with `mcgenref train ... --export-to DIR`")
+                               f"{FILM_SEGMENTOR} (has: {sorted(names)}); export one there with "
+                               "`mcgenref train ... --export-to DIR`")
         for name in found:
             sources[name] = Path(directory)
     return sources
@@ -189,13 +190,12 @@ def load_models_over_default(directory: str | Path | None, device: str | torch.d
     return seg, gen, digest  # type: ignore[return-value]
 
 
-
 def film_segmentor_source(directory: str | Path | None) -> Path | None:
-    """The weights directory whose `segmentor_film` segments film scans (`EngineConfig.film_segmentor_min_enlargement`),
-    or None: `directory` when its manifest holds one; else the shipped weights' when the segmentor itself is
-    the shipped one (`directory` None or holding no segmentor) and they hold one. A folder with its own
-    segmentor but no film segmentor gets none, so a retrained segmentor is never paired with the shipped
-    film one behind the user's back."""
+    """The weights directory whose `segmentor_film` segments film scans
+    (`EngineConfig.film_segmentor_min_enlargement`), or None: `directory` when its manifest holds one; else
+    the shipped weights' when the segmentor itself is the shipped one (`directory` None or holding no
+    segmentor) and they hold one. A folder with its own segmentor but no film segmentor gets none, so a
+    retrained segmentor is never paired with the shipped film one behind the user's back."""
     shipped = default_weights_dir()
     if directory is not None:
         names = read_manifest(directory)["models"]
@@ -217,3 +217,35 @@ def load_film_segmentor(directory: str | Path | None, device: str | torch.device
         raise WeightsError(f"{source / MANIFEST_NAME}: {FILM_SEGMENTOR!r} must be a segmentor, "
                            f"got a {model.weights_info['kind']}")  # type: ignore[index]
     return model
+
+
+def average_models(directories: list[str | Path], name: str) -> nn.Module:
+    """One network whose weights are the mean of entry `name` over `directories` (a "model soup": fine-tunes
+    of one network from the same start with different seeds, averaged so that the result does not rest on
+    one seed's luck). Each entry is loaded sha256-checked; all must share kind and architecture config, and
+    their non-float tensors must be equal. Float tensors are averaged in float64. The model's `weights_info`
+    lists the sources (directory, sha256, training). WeightsError otherwise."""
+    if len(directories) < 2:
+        raise WeightsError(f"averaging {name!r} needs at least two weights folders, got {len(directories)}")
+    models = [load_model(d, name) for d in directories]
+    infos = [m.weights_info for m in models]  # type: ignore[union-attr]
+    first = infos[0]
+    for d, info in zip(directories[1:], infos[1:]):
+        if info["kind"] != first["kind"] or info["config"] != first["config"]:
+            raise WeightsError(f"{Path(d) / MANIFEST_NAME}: {name!r} has another architecture than in "
+                               f"{Path(directories[0]) / MANIFEST_NAME} (kind/config differ): only fine-tunes of "
+                               "one network can be averaged")
+    states = [m.state_dict() for m in models]
+    mean: dict[str, torch.Tensor] = {}
+    for key, ref in states[0].items():
+        if ref.is_floating_point():
+            mean[key] = (sum(s[key].double() for s in states) / len(states)).to(ref.dtype)
+        elif all(torch.equal(s[key], ref) for s in states[1:]):
+            mean[key] = ref.clone()
+        else:
+            raise WeightsError(f"{name!r}: non-float tensor {key!r} differs between the folders: cannot average")
+    out = models[0]
+    out.load_state_dict(mean, strict=True)
+    out.weights_info = {"average_of": [{"directory": str(d), "sha256": i["sha256"], "training": i.get("training", {})}
+                                       for d, i in zip(directories, infos)]}  # type: ignore[assignment]
+    return out
