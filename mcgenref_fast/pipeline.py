@@ -16,8 +16,8 @@ import torch
 
 from mcgenref_fast.baseline import TopHatConfig
 from mcgenref_fast.config import (ENGINE_FILM_SEGMENTOR_MIN_ENLARGEMENT, ENGINE_REFINE_MAX_ENLARGEMENT,
-                                  NO_FILM_SEGMENTOR, CanonicalConfig, FindingsConfig, RefineConfig, config_to_dict,
-                                  engine_refine_config, hash_named_dicts)
+                                  NO_FILM_SEGMENTOR, REFINE_EVERY_INPUT, CanonicalConfig, FindingsConfig,
+                                  RefineConfig, config_to_dict, engine_refine_config, hash_named_dicts)
 from mcgenref_fast.devices import usable_device
 from mcgenref_fast.errors import ConfigError
 from mcgenref_fast.net_exec import PRECISIONS, Precision, upload
@@ -85,16 +85,20 @@ class EngineConfig:
 
 
 def engine_config_hash(cfg: EngineConfig) -> str:
-    """`config.config_hash(cfg)`, with `precision` left out when it is 'fp32' (the default): the hashes of
-    fp32 configurations, hence findings.json provenance and screen journals, stay those from before the
-    field existed."""
+    """`config.config_hash(cfg)`, with the fields added since the first release left out where they hold the
+    behaviour from before they existed: `precision` 'fp32', `edge_sigma_per_input_pitch` off,
+    `refine_max_enlargement` inf (every input refined: `--refine-film`, sweeps) and
+    `film_segmentor_min_enlargement` inf (no film segmentor). So such configurations keep their hashes, and
+    findings.json provenance, screen journals and evaluation caches made before the fields stay valid."""
     fields = config_to_dict(cfg)
     if fields.get("precision") == "fp32":
         del fields["precision"]
     if fields.get("edge_sigma_per_input_pitch") is False:
         del fields["edge_sigma_per_input_pitch"]
+    if fields.get("refine_max_enlargement") == REFINE_EVERY_INPUT:
+        del fields["refine_max_enlargement"]
     if fields.get("film_segmentor_min_enlargement") == NO_FILM_SEGMENTOR:
-        del fields["film_segmentor_min_enlargement"]   # no film segmentor: the hash of before the field
+        del fields["film_segmentor_min_enlargement"]
     return hash_named_dicts([(type(cfg).__name__, fields)])
 
 
@@ -108,6 +112,16 @@ def outline_mcs_mask(mask: np.ndarray, findings: Any) -> Optional[np.ndarray]:
         return None
     labels, _ = label_components(mask)
     return np.isin(labels, ids)
+
+
+def _refuse_unused_film_folder(weights_dir: str | Path) -> None:
+    """ConfigError for a `--weights` folder that holds only a film segmentor when the engine runs none
+    (`--no-film-segmentor`): the user's only network would be ignored without a word."""
+    from mcgenref_fast.models.weights import FILM_SEGMENTOR, read_manifest
+
+    if set(read_manifest(weights_dir)["models"]) == {FILM_SEGMENTOR}:
+        raise ConfigError(f"{weights_dir}: holds only a {FILM_SEGMENTOR}, which --no-film-segmentor turns off: "
+                          "drop one of the two")
 
 
 def _check_precision(cfg: EngineConfig, device: torch.device) -> None:
@@ -180,17 +194,22 @@ class Engine:
         self.weights_sha256 = weights_sha256
         wants_film = cfg.method != "tophat" and cfg.film_segmentor_min_enlargement < NO_FILM_SEGMENTOR
         if cfg.method != "tophat" and (segmentor is None or generator is None):
-            from mcgenref_fast.models.weights import FILM_SEGMENTOR, load_film_segmentor, load_models_over_default
+            from mcgenref_fast.models.weights import load_film_segmentor, load_models_over_default
 
             segmentor, generator, self.weights_sha256 = load_models_over_default(weights_dir, self.device)
             film_segmentor = load_film_segmentor(weights_dir, self.device) if wants_film else None
-            if film_segmentor is not None:
-                film_sha = str(film_segmentor.weights_info["sha256"])  # type: ignore[index]
-                self.weights_sha256 = {**self.weights_sha256, FILM_SEGMENTOR: film_sha}
+            if not wants_film and weights_dir is not None:
+                _refuse_unused_film_folder(weights_dir)
         self.segmentor = None if segmentor is None else segmentor.to(self.device).eval()
         self.generator = None if generator is None else generator.to(self.device).eval()
         use_film = wants_film and film_segmentor is not None
         self.film_segmentor = film_segmentor.to(self.device).eval() if use_film else None  # type: ignore[union-attr]
+        film_info = getattr(self.film_segmentor, "weights_info", None)
+        if self.weights_sha256 is not None and isinstance(film_info, dict) and "sha256" in film_info:
+            # the film segmentor's digest (from its manifest entry: loaded here, or given in memory)
+            from mcgenref_fast.models.weights import FILM_SEGMENTOR
+
+            self.weights_sha256 = {**self.weights_sha256, FILM_SEGMENTOR: str(film_info["sha256"])}
         if self.film_segmentor is None and cfg.film_segmentor_min_enlargement < NO_FILM_SEGMENTOR:
             cfg = replace(cfg, film_segmentor_min_enlargement=NO_FILM_SEGMENTOR)   # what this engine does
         self.cfg = cfg

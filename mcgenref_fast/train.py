@@ -46,7 +46,8 @@ LOG_NAME = "log.jsonl"
 RUN_CONFIG_NAME = "run_config.json"
 MODEL_KINDS = ("segmentor", "generator")
 # Settings that must not change when a run is resumed (they change what the model has seen or is).
-_RESUME_FIXED = ("model", "batch", "patch_px", "seed")
+_RESUME_FIXED = ("model", "batch", "patch_px", "seed", "export_name")
+_EXPORT_NAMES = {"segmentor": ("segmentor", "segmentor_film"), "generator": ("generator",)}   # manifest names
 
 DatasetFactory = Callable[[int, int, int], Dataset]  # (n, seed, patch_px) -> dataset of dict items
 
@@ -77,6 +78,8 @@ class TrainConfig:
     num_workers: int = 0
     amp: bool = True                  # autocast on CUDA only (bf16 when supported, else fp16)
     init_from: str | None = None      # weights directory whose `model` entry starts the run (fine-tuning)
+    init_name: str | None = None      # that entry's manifest name (default `model`; 'segmentor_film' for a film one)
+    export_name: str | None = None    # manifest name of the export (default `model`; 'segmentor_film': film scans)
     seed_weight_floor: float | None = None  # generator: None = plain MSE; else weight floor + (1-floor)·W (blend)
     surrogate_weight: float = 0.0     # generator: + this x surrogate_loss.surrogate_consistency_loss
     surrogate_segmentor: str | None = None  # weights dir of the frozen segmentor in that loss (None: shipped)
@@ -103,6 +106,13 @@ class TrainConfig:
             raise ConfigError("--seed-weight-floor (seed_weight_floor) applies to the generator only")
         if self.seed_weight_floor is not None and not 0.0 <= self.seed_weight_floor <= 1.0:   # NaN fails too
             raise ConfigError(f"seed_weight_floor must lie in [0, 1], got {self.seed_weight_floor}")
+        allowed = _EXPORT_NAMES[self.model]
+        for flag, value in (("--export-name", self.export_name), ("--init-name", self.init_name)):
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{flag} {value} does not fit a {self.model} (a {self.model} is stored as "
+                                  f"{' or '.join(allowed)})")
+        if self.init_name is not None and self.init_from is None:
+            raise ConfigError("--init-name names an entry of --init-from: add --init-from WEIGHTS_DIR")
 
 
 @dataclass(frozen=True)
@@ -291,7 +301,7 @@ class _Trainer:
         """Start from the `cfg.model` entry of a weights directory (sha256-checked; same architecture)."""
         from mcgenref_fast.models.weights import load_model
 
-        source = load_model(directory, self.cfg.model)
+        source = load_model(directory, self.cfg.init_name or self.cfg.model)
         source_cfg = getattr(source, "cfg", None)
         if source_cfg is not None and source_cfg != self.model_cfg:
             # fields that change no tensor shape (norm groups, activation, padding, time scale) pass a strict
@@ -433,9 +443,10 @@ class _Trainer:
             raise ConfigError(f"{path}: checkpoint architecture {saved_model_cfg} differs from the requested "
                               f"{config_to_dict(self.model_cfg)}")
         for name in _RESUME_FIXED:
-            if state["train_config"][name] != getattr(self.cfg, name):
+            started = state["train_config"].get(name)   # absent in checkpoints older than the field: None
+            if started != getattr(self.cfg, name):
                 raise ConfigError(f"{path}: cannot resume with {name}={getattr(self.cfg, name)!r}; the run "
-                                  f"was started with {state['train_config'][name]!r}")
+                                  f"was started with {started!r}")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -476,9 +487,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, model_cfg: ModelConfig | Non
           dataset_factory: DatasetFactory | None = None, device: str | torch.device | None = "auto",
           resume: bool = False, export_to: str | Path | None = None, progress: bool = True,
           stop_at_step: int | None = None, time_limit_s: float | None = None,
-          extra_training_info: dict | None = None, export_name: str | None = None) -> TrainResult:
+          extra_training_info: dict | None = None) -> TrainResult:
     """Run (or resume) training to `cfg.steps` in `run_dir`; export the final weights into `export_to`
-    (default `run_dir/weights`) under the manifest name `export_name` (default the model kind; a segmentor
+    (default `run_dir/weights`) under the manifest name `cfg.export_name` (default the model kind; a segmentor
     may be exported as 'segmentor_film', the engine's segmentor for film scans). `dataset_factory(n, seed, patch_px)` defaults to the synthetic pairs.
 
     `stop_at_step` / `time_limit_s` end this session early (checkpoint written, nothing exported) so that a
@@ -565,6 +576,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, model_cfg: ModelConfig | Non
             "surrogate_segmentor_sha256": (None if trainer.surrogate_segmentor is None
                                            else trainer.surrogate_segmentor.weights_info["sha256"]),
             "init_from": cfg.init_from,
+            **({"init_name": cfg.init_name} if cfg.init_name else {}),
             "elapsed_s": round(trainer.elapsed_s, 1), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.use_amp else "float32",
@@ -573,7 +585,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, model_cfg: ModelConfig | Non
         }
         info.update(extra_training_info or {})
         exported = save_model(trainer.final_model(), Path(export_to) if export_to else run_dir / "weights",
-                              name=export_name or cfg.model, training=info)
+                              name=cfg.export_name or cfg.model, training=info)
         log.write(kind="export", step=trainer.step, file=exported["file"], sha256=exported["sha256"],
                   to=str(export_to or run_dir / "weights"))
     log.close()

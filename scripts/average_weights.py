@@ -3,7 +3,7 @@
 Example: python scripts/average_weights.py runs/seg7soup/weights runs/seg7_s41/weights runs/seg7_s43/weights \
              runs/seg7_s47/weights runs/seg7_s53/weights --name segmentor_film
 Why: fine-tunes of one network from the same start that differ only in their seed score differently on the small
-`dev` sets (film segmentor, four seeds: mini-MIAS false clusters per normal 1.00-1.33; MODEL_CARD.md); their
+`dev` sets (film segmentor, four seeds: mini-MIAS false clusters per normal 1.00-1.42; MODEL_CARD.md); their
 average (`models.weights.average_models`) is one network that does not rest on one seed's luck. OUT gets the
 averaged entry under the same name (`save_model`), its manifest's training info listing the sources.
 """

@@ -11,8 +11,8 @@
 #                bash scripts/gpu_issue11.sh $((T0+570)) 2200',
 #       carry=[".whl", ".gpu_data", "runs/devsets", "runs/gpu2/gen11/weights"], timeout_s=595)
 # (GEN_INIT unset starts from the shipped generator, gen11 since 2026-11-28, as the call above does.) The new
-# generator's rows (sweep_refine.py) refine film too while the shipped TT-GPR row keeps film on the segmentor's map
-# (the film rule): compare their `recall @ 0.07 mm` columns, and the pooled figures only between sweep rows. STEPS: the
+# generator's rows (sweep_refine.py) refine film too, with segmentor v4 on every input, while the shipped TT-GPR row
+# keeps film on the film segmentor's map (the film rule): compare their `recall @ 0.07 mm` columns, and the pooled figures only between sweep rows. STEPS: the
 # H200 made ~7.9 steps/s of this recipe (gen11: 2600 in 330 s) and the call leaves ~290 s to train; a run cut by the
 # deadline is exported at the step it reached, but its learning rate has not decayed, so size STEPS to fit.
 #

@@ -183,7 +183,19 @@ def test_film_segmentor_source_keeps_a_retrained_segmentor_without_the_shipped_f
     save_model(VelocityNet(TINY_GEN), tmp_path / "gen_only")
     assert film_segmentor_source(tmp_path / "gen_only") == shipped
     save_model(Segmentor(TINY_SEG), tmp_path / "seg_only")
-    assert film_segmentor_source(tmp_path / "seg_only") is None and load_film_segmentor(tmp_path / "seg_only") is None
+    with pytest.warns(UserWarning, match="a segmentor of its own and no segmentor_film"):
+        assert film_segmentor_source(tmp_path / "seg_only") is None
+    with pytest.warns(UserWarning):
+        assert load_film_segmentor(tmp_path / "seg_only") is None
+    # the shipped segmentor's own file in a folder (weights_from_git of an older commit) is the shipped segmentor
+    import shutil
+
+    (tmp_path / "shipped_copy").mkdir()
+    shipped_entry = read_manifest(shipped)["models"]["segmentor"]
+    shutil.copyfile(shipped / shipped_entry["file"], tmp_path / "shipped_copy" / shipped_entry["file"])
+    (tmp_path / "shipped_copy" / "manifest.json").write_text(json.dumps(
+        {"format_version": 1, "models": {"segmentor": shipped_entry}}))
+    assert film_segmentor_source(tmp_path / "shipped_copy") == shipped
     film = _perturbed(Segmentor(TINY_SEG))
     entry = save_model(film, tmp_path / "film_only", name=FILM_SEGMENTOR)
     assert film_segmentor_source(tmp_path / "film_only") == tmp_path / "film_only"

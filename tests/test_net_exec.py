@@ -181,6 +181,12 @@ def test_engine_precision_errors_and_stable_hash():
     # (film_segmentor_min_enlargement inf, left out of the hash), and the hash is the one from before the field
     no_film = Engine(EngineConfig(), seg, gen, device="cpu")
     assert no_film.cfg.film_segmentor_min_enlargement == float("inf") and no_film.config_hash == "8c5f681113ad5cdb"
+    # refining every input (--refine-film, sweeps) was the behaviour before refine_max_enlargement existed:
+    # such a configuration keeps the hash it had then, so evaluation caches of earlier sweeps stay valid
+    every = replace(EngineConfig(), refine_max_enlargement=float("inf"), film_segmentor_min_enlargement=float("inf"))
+    older = {k: v for k, v in legacy.items() if k not in ("refine_max_enlargement", "film_segmentor_min_enlargement")}
+    older_blob = json.dumps([{"EngineConfig": older}], sort_keys=True, default=str)
+    assert engine_config_hash(every) == hashlib.sha256(older_blob.encode()).hexdigest()[:16]
     assert engine_config_hash(replace(EngineConfig(), precision="bf16")) != pinned
     assert engine_config_hash(replace(EngineConfig(), edge_sigma_per_input_pitch=True)) != pinned
     # the engine starts from SPEC §4's TT-GPR defaults with only λ_prox and t0 changed

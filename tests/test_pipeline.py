@@ -365,3 +365,35 @@ def test_shipped_engine_loads_the_film_segmentor_unless_turned_off() -> None:
     assert engine.weights_sha256["segmentor_film"] == shipped["segmentor_film"]["sha256"] != shipped["segmentor"]["sha256"]
     off = Engine(replace(EngineConfig(), method="initializer", film_segmentor_min_enlargement=float("inf")))
     assert off.film_segmentor is None and "segmentor_film" not in off.weights_sha256
+
+
+def test_no_film_segmentor_refuses_a_folder_holding_only_a_film_segmentor(tmp_path: Path) -> None:
+    """`--no-film-segmentor` with a `--weights` folder whose only network is a film segmentor would ignore it
+    silently: a ConfigError that names the folder; with the film segmentor on, the folder's one is loaded."""
+    from mcgenref_fast.errors import ConfigError
+    from mcgenref_fast.models import Segmentor, SegmentorConfig
+    from mcgenref_fast.models.weights import save_model
+
+    entry = save_model(Segmentor(SegmentorConfig(depth=1, base_width=4, max_width=8)), tmp_path / "w",
+                       name="segmentor_film")
+    off = replace(EngineConfig(), method="initializer", film_segmentor_min_enlargement=float("inf"))
+    with pytest.raises(ConfigError, match="holds only a segmentor_film, which --no-film-segmentor turns off"):
+        Engine(off, weights_dir=tmp_path / "w")
+    on = Engine(replace(EngineConfig(), method="initializer"), weights_dir=tmp_path / "w")
+    assert on.weights_sha256["segmentor_film"] == entry["sha256"]
+
+
+def test_cache_key_tells_engines_apart_by_their_film_segmentor() -> None:
+    """Two engines given the same segmentor and generator in memory but different film segmentors must not
+    share cached maps: the weights digest (hence the map cache key) names the film segmentor too."""
+    from mcgenref_fast.evaluation.runner import weights_digest
+
+    seg, gen = make_tiny_segmentor(), make_tiny_generator()
+    a = Engine(EngineConfig(), seg, gen, film_segmentor=make_tiny_segmentor(7))
+    b = Engine(EngineConfig(), seg, gen, film_segmentor=make_tiny_segmentor(8))
+    none = Engine(EngineConfig(), seg, gen)
+    da, db, dn = weights_digest(a), weights_digest(b), weights_digest(none)
+    assert da["segmentor"] == db["segmentor"] == dn["segmentor"] and da["segmentor_film"] != db["segmentor_film"]
+    assert "segmentor_film" not in dn
+    named = Engine(EngineConfig(), seg, gen, film_segmentor=make_tiny_segmentor(7), weights_sha256={"segmentor": "x"})
+    assert weights_digest(named)["segmentor_film"] == da["segmentor_film"]   # filled in beside a given digest

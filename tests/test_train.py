@@ -187,7 +187,7 @@ def test_cli_export_name_writes_a_film_segmentor(tmp_path, monkeypatch, capsys) 
 
     import mcgenref_fast.train as train_mod
     from mcgenref_fast.commands import train as train_cmd
-    from mcgenref_fast.errors import ConfigError
+    from mcgenref_fast.errors import ConfigError, WeightsError
     from mcgenref_fast.models.weights import load_film_segmentor
 
     monkeypatch.setattr(train_mod, "synth_dataset_factory", lambda backgrounds=None, synth_cfg=None: factory)
@@ -209,6 +209,23 @@ def test_cli_export_name_writes_a_film_segmentor(tmp_path, monkeypatch, capsys) 
     alone = parser.parse_args(["train", "segmentor", "--out", str(tmp_path / "f"), "--backgrounds-min-spacing", "0.15"])
     with pytest.raises(ConfigError, match="add --backgrounds-split"):
         alone.func(alone)
+    # fine-tuning a film segmentor starts from that entry (--init-name); the default entry is not there
+    common = argv[4:-4]   # after `train segmentor --out OUT`, before `--export-to W --export-name segmentor_film`
+    tune = ["train", "segmentor", "--out", str(tmp_path / "tune")] + common + ["--init-from", str(tmp_path / "w")]
+    with pytest.raises(WeightsError, match="no entry for model 'segmentor'"):
+        args = parser.parse_args(tune)
+        args.func(args)
+    args = parser.parse_args(tune[:3] + [str(tmp_path / "tune2")] + tune[4:] + ["--init-name", "segmentor_film"])
+    assert args.func(args) == 0
+    tuned = json.loads((tmp_path / "tune2" / "weights" / "manifest.json").read_text())
+    assert tuned["models"]["segmentor"]["training"]["init_name"] == "segmentor_film"
+    # a run split with --stop-at resumes only under the export name it was started with
+    split = ["train", "segmentor", "--out", str(tmp_path / "split")] + common + ["--steps", "2"]
+    args = parser.parse_args(split + ["--export-name", "segmentor_film", "--stop-at", "1"])
+    assert args.func(args) == 0
+    with pytest.raises(ConfigError, match="cannot resume with export_name=None"):
+        args = parser.parse_args(split + ["--resume"])
+        args.func(args)
 
 
 def test_cli_match_source_sampling_reaches_the_data_and_the_manifest(tmp_path, monkeypatch, capsys) -> None:

@@ -35,9 +35,8 @@ def test_head_weights_load_as_a_weights_folder(tmp_path: Path, monkeypatch: pyte
         assert hashlib.sha256((out / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
     seg, gen, shas = load_models_over_default(out, "cpu")
     assert shas == {name: manifest["models"][name]["sha256"] for name in ("segmentor", "generator")}
-    if "segmentor_film" in manifest["models"]:   # the film segmentor, since 2026-11-28
-        film = load_film_segmentor(out, "cpu")
-        assert film is not None and film.weights_info["sha256"] == manifest["models"]["segmentor_film"]["sha256"]
+    film = load_film_segmentor(out, "cpu")   # HEAD's weights hold the film segmentor (since 2026-11-28)
+    assert film is not None and film.weights_info["sha256"] == manifest["models"]["segmentor_film"]["sha256"]
 
 
 @pytest.mark.skipif(not _in_git(), reason="needs this repository's git history")

@@ -38,14 +38,17 @@ def add_film_options(p: argparse.ArgumentParser) -> None:
     """`--pitch-scaled-edge` (EngineConfig.edge_sigma_per_input_pitch), `--refine-film`
     (EngineConfig.refine_max_enlargement = inf) and `--no-film-segmentor`
     (EngineConfig.film_segmentor_min_enlargement = inf), shared with `eval`."""
-    from mcgenref_fast.config import CANONICAL_SPACING_MM, ENGINE_REFINE_MAX_ENLARGEMENT
+    from mcgenref_fast.config import (CANONICAL_SPACING_MM, ENGINE_FILM_SEGMENTOR_MIN_ENLARGEMENT,
+                                      ENGINE_REFINE_MAX_ENLARGEMENT)
 
     coarse_mm = ENGINE_REFINE_MAX_ENLARGEMENT * CANONICAL_SPACING_MM
+    film_mm = ENGINE_FILM_SEGMENTOR_MIN_ENLARGEMENT * CANONICAL_SPACING_MM
     p.add_argument("--refine-film", action="store_true",
                    help=f"run TT-GPR on inputs coarser than {coarse_mm:g} mm too (film scans, e.g. mini-MIAS at "
-                        "0.2 mm); by default they keep the segmentor's map, where TT-GPR lost recall (README, film)")
+                        "0.2 mm); by default they keep the (film) segmentor's map, where TT-GPR lost recall "
+                        "(README, film)")
     p.add_argument("--no-film-segmentor", action="store_true",
-                   help=f"segment inputs coarser than {coarse_mm:g} mm with the segmentor too; by default the "
+                   help=f"segment inputs coarser than {film_mm:g} mm with the segmentor too; by default the "
                         "weights' film segmentor (MCs learnt on the film's grid) segments them (README, film)")
     p.add_argument("--pitch-scaled-edge", action="store_true",
                    help="on inputs coarser than 0.07 mm that TT-GPR refines, divide its edge sigma_I by the "
@@ -70,7 +73,8 @@ def add_weights_option(p: argparse.ArgumentParser) -> None:
     """`--weights DIR`, shared with `eval`."""
     p.add_argument("--weights", type=Path, default=None, metavar="DIR",
                    help="weights directory (a `mcgenref train ... --export-to DIR` folder with its manifest.json): "
-                        "its segmentor and/or generator replace the shipped ones (default: shipped weights)")
+                        "its segmentor, generator and/or segmentor_film replace the shipped ones; a segmentor of "
+                        "its own without a segmentor_film also segments film scans (default: shipped weights)")
 
 
 def add_outline_margin_option(p: argparse.ArgumentParser) -> None:

@@ -60,6 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--init-from", type=Path, metavar="WEIGHTS_DIR",
                    help="start from this weights directory's model of the same kind (fine-tuning)")
+    p.add_argument("--init-name", choices=("segmentor", "segmentor_film", "generator"), default=None,
+                   help="the manifest entry of --init-from to start from (default: the model kind; "
+                        "segmentor_film: fine-tune a film segmentor)")
     p.add_argument("--dice-weight", type=float, default=1.0,
                    help="segmentor loss: BCE + this x soft Dice (default 1.0)")
     p.add_argument("--seed-weight-floor", type=float, metavar="F",
@@ -90,9 +93,6 @@ def run(args: argparse.Namespace) -> int:
         train,
     )
 
-    if args.export_name is not None and (args.export_name == "generator") != (args.model == "generator"):
-        raise ConfigError(f"--export-name {args.export_name} does not fit a {args.model} "
-                          f"(a segmentor exports as segmentor or segmentor_film, a generator as generator)")
     device = resolve_device(args.device)
     workers = args.workers
     if workers < 0:
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         dice_weight=args.dice_weight, seed_weight_floor=args.seed_weight_floor,
         surrogate_weight=args.surrogate_weight,
         surrogate_segmentor=None if args.surrogate_segmentor is None else str(args.surrogate_segmentor),
-        init_from=None if args.init_from is None else str(args.init_from),
+        init_from=None if args.init_from is None else str(args.init_from), init_name=args.init_name,
+        export_name=args.export_name,
     )
     backgrounds = None
     data_info: dict = {"data": "mcgenref_fast.synth.SyntheticPairDataset, procedural backgrounds"}
@@ -132,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, args.out, model_cfg=_model_cfg(args),
                    dataset_factory=synth_dataset_factory(backgrounds, synth_cfg),
                    device=device, resume=args.resume, export_to=args.export_to, progress=not args.no_progress,
-                   stop_at_step=args.stop_at, time_limit_s=args.time_limit, extra_training_info=data_info,
-                   export_name=args.export_name)
+                   stop_at_step=args.stop_at, time_limit_s=args.time_limit, extra_training_info=data_info)
     val = ", ".join(f"{k}={v:.4g}" for k, v in result.val.items())
     print(f"{args.model}: step {result.step}/{cfg.steps}, train loss {result.train_loss:.4g}, {val}, "
           f"{result.elapsed_s:.0f} s")

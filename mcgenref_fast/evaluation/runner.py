@@ -98,13 +98,13 @@ def operating_threshold(engine: Any) -> float:
 
 def weights_digest(engine: Any) -> Optional[dict[str, str]]:
     """The engine's weights sha256 (from the manifest); for models given in memory, a digest of their
-    state dicts; None for the top-hat."""
-    if getattr(engine, "weights_sha256", None):
-        return dict(engine.weights_sha256)
-    out = {}
-    for name in ("segmentor", "generator"):
-        model = getattr(engine, name, None)
-        if model is None:
+    state dicts — the film segmentor's too, when the engine runs one that `weights_sha256` does not name
+    (two engines differing only in it must not share cached maps); None for the top-hat."""
+    out = dict(engine.weights_sha256) if getattr(engine, "weights_sha256", None) else {}
+    networks = (("segmentor", "segmentor"), ("generator", "generator"), ("segmentor_film", "film_segmentor"))
+    for name, attr in networks[2:] if out else networks:
+        model = getattr(engine, attr, None)
+        if model is None or name in out:
             continue
         h = hashlib.sha256(type(model).__qualname__.encode())
         for key, tensor in sorted(model.state_dict().items()):

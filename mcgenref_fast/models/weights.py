@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -193,17 +194,24 @@ def load_models_over_default(directory: str | Path | None, device: str | torch.d
 def film_segmentor_source(directory: str | Path | None) -> Path | None:
     """The weights directory whose `segmentor_film` segments film scans
     (`EngineConfig.film_segmentor_min_enlargement`), or None: `directory` when its manifest holds one; else
-    the shipped weights' when the segmentor itself is the shipped one (`directory` None or holding no
-    segmentor) and they hold one. A folder with its own segmentor but no film segmentor gets none, so a
-    retrained segmentor is never paired with the shipped film one behind the user's back."""
+    the shipped weights' when the segmentor is the shipped one (`directory` None, holding no segmentor, or
+    holding the shipped segmentor's file, same sha256) and they hold one. A folder with a segmentor of its own
+    but no film segmentor gets none, with a warning: a retrained segmentor is never paired with the shipped
+    film one behind the user's back."""
     shipped = default_weights_dir()
+    shipped_models = read_manifest(shipped)["models"]
     if directory is not None:
         names = read_manifest(directory)["models"]
         if FILM_SEGMENTOR in names:
             return Path(directory)
-        if "segmentor" in names:
+        own = names.get("segmentor")
+        if isinstance(own, dict) and own.get("sha256") != shipped_models.get("segmentor", {}).get("sha256"):
+            if FILM_SEGMENTOR in shipped_models:
+                warnings.warn(f"{Path(directory) / MANIFEST_NAME}: a segmentor of its own and no {FILM_SEGMENTOR}: "
+                              "film scans (inputs coarser than 0.14 mm) are segmented by that segmentor too, not by "
+                              "the shipped film segmentor (README, film scans)", stacklevel=2)
             return None
-    return shipped if FILM_SEGMENTOR in read_manifest(shipped)["models"] else None
+    return shipped if FILM_SEGMENTOR in shipped_models else None
 
 
 def load_film_segmentor(directory: str | Path | None, device: str | torch.device = "cpu") -> Segmentor | None:
