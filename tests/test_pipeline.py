@@ -325,6 +325,11 @@ def test_film_inputs_get_the_film_segmentor(tmp_path: Path, input_mm, limit, wan
     assert result.analysis.segmentor_applied == want
     doc = json.loads((result.out_dir / "findings.json").read_text())
     assert doc["provenance"]["segmentor_applied"] == want
+    from mcgenref_fast.commands.segment import describe
+
+    line = describe(result)   # the one line `segment` prints says when the film segmentor ran
+    assert ("film scan: film segmentor" in line) == (want == "segmentor_film")
+    assert ("no TT-GPR" in line) == (want == "segmentor_film" and result.analysis.method_applied == "initializer")
     canonical = to_canonical(read_mammogram(src, spacing_mm=input_mm), cfg.canonical)
     no_film = replace(cfg, film_segmentor_min_enlargement=float("inf"))
     as_film = Engine(no_film, film, make_tiny_generator()).analyse(canonical).prob

@@ -131,12 +131,17 @@ def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
 
 
 def describe(result: Any) -> str:
-    """One line per image: key, MCs, clusters, flag, time."""
+    """One line per image: key, MCs, clusters, flag, time; and for a film scan, that the film segmentor ran
+    without TT-GPR (README, film scans), so a user sees why such an image was not refined."""
     f = result.findings
     seconds = sum(result.analysis.timings_s.values())
     flag = "FLAGGED" if f.flagged else "not flagged"
+    note = ""
+    if getattr(result.analysis, "segmentor_applied", None) == "segmentor_film":
+        refined = getattr(result.analysis, "method_applied", None) == "gpr"
+        note = "; film scan: film segmentor" + ("" if refined else ", no TT-GPR")
     return (f"{result.input_path} -> {result.out_dir}: {len(f.mcs)} MCs, {len(f.clusters)} clusters, "
-            f"max cluster score {f.max_cluster_score:.2f}, {flag} ({seconds:.1f} s)")
+            f"max cluster score {f.max_cluster_score:.2f}, {flag} ({seconds:.1f} s{note})")
 
 
 def run(args: argparse.Namespace) -> int:
