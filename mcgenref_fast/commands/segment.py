@@ -131,8 +131,8 @@ def engine_from_args(args: argparse.Namespace, progress: bool = True) -> Any:
 
 
 def describe(result: Any) -> str:
-    """One line per image: key, MCs, clusters, flag, time; and for a film scan, that the film segmentor ran
-    without TT-GPR (README, film scans), so a user sees why such an image was not refined."""
+    """One line per image: key, MCs, clusters, flag, time; for a film scan also that the film segmentor ran,
+    and without TT-GPR where the film rule skipped it (README, film scans), so a user sees why."""
     f = result.findings
     seconds = sum(result.analysis.timings_s.values())
     flag = "FLAGGED" if f.flagged else "not flagged"
