@@ -11,6 +11,10 @@ from mcgenref_fast.commands.options import positive_int, seed_arg, train_device_
 from mcgenref_fast.models.config import GeneratorConfig, SegmentorConfig
 
 
+# manifest names a trained network can take (which fit which model kind: `train.TrainConfig` checks it)
+_MANIFEST_NAMES = ("segmentor", "segmentor_film", "generator")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train the segmentor or the generator on synthetic microcalcification pairs",
@@ -41,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--workers", type=int, default=-1, help="data-loading processes (default: 0 on CPU, "
                    "min(8, cores - 1) on CUDA)")
     p.add_argument("--export-to", type=Path, metavar="DIR", help="weights directory to export into")
-    p.add_argument("--export-name", choices=("segmentor", "segmentor_film", "generator"), default=None,
+    p.add_argument("--export-name", choices=_MANIFEST_NAMES, default=None,
                    help="manifest name of the export (default: the model kind); segmentor_film: the segmentor the "
                         "engine uses on film scans (inputs coarser than 0.14 mm; README, film)")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -60,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--init-from", type=Path, metavar="WEIGHTS_DIR",
                    help="start from this weights directory's model of the same kind (fine-tuning)")
-    p.add_argument("--init-name", choices=("segmentor", "segmentor_film", "generator"), default=None,
+    p.add_argument("--init-name", choices=_MANIFEST_NAMES, default=None,
                    help="the manifest entry of --init-from to start from (default: the model kind; "
                         "segmentor_film: fine-tune a film segmentor)")
     p.add_argument("--dice-weight", type=float, default=1.0,
